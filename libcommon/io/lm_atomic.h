@@ -1,0 +1,26 @@
+/* lm_atomic.h — output files that appear whole or not at all.
+ *
+ * A file is written under a temporary name in the same directory (".lmtmp.PID.N.<basename>",
+ * so the extension is kept for libraries that look at it, e.g. nifticlib's ".nii.gz") and
+ * renamed over the target on success. Temporaries are removed on abort, at exit, and on
+ * SIGINT/SIGTERM/SIGHUP (the handler then re-raises the signal), so make never sees a
+ * partial output.
+ */
+#ifndef LM_ATOMIC_H
+#define LM_ATOMIC_H
+
+#include <stdio.h>
+
+/* Creates and opens a temporary beside `path`; *tmp receives its malloc'ed name. */
+FILE *lm_atomic_open(const char *path, char **tmp);
+/* Reserves (creates empty) and registers a temporary name, for writers that open by name. */
+int lm_atomic_tmpname(const char *path, char **tmp);
+/* fflush + fsync + fclose (fp may be NULL when the file was written by name), then rename.
+ * Frees tmp. Returns 0 or -1 (lm_error); on failure the temporary is removed. */
+int lm_atomic_commit(FILE *fp, char *tmp, const char *path);
+/* Closes (fp may be NULL), removes and frees the temporary. */
+void lm_atomic_abort(FILE *fp, char *tmp);
+/* Removes every registered temporary (also run at exit). */
+void lm_atomic_cleanup(void);
+
+#endif

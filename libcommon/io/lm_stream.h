@@ -1,0 +1,47 @@
+/* lm_stream.h — tensor streams (.lmt): a sequence of records, each one safetensors document,
+ * each in its own zstd frame (flushed per record so the next stage starts at once).
+ * Uncompressed records are accepted too, so a plain .safetensors file is a one-record stream
+ * and `cat a.lmt b.lmt` is a stream. man/lm-tensor.5 is the specification.
+ *
+ * The reader holds one record at a time: memory is bounded by the largest record, never by the
+ * stream. Sizes declared by a record are checked before the memory for them is allocated
+ * (against the zstd frame's content size or the file's remaining length); on a pipe, buffers
+ * grow only as bytes actually arrive, so a lying header cannot make the reader allocate what
+ * the input does not contain.
+ */
+#ifndef LM_STREAM_H
+#define LM_STREAM_H
+
+#include "lm_tensor.h"
+
+typedef struct lm_reader lm_reader;
+typedef struct lm_writer lm_writer;
+
+/* path "-" (or NULL) is stdin. NULL on error (lm_error). Reading binary from a terminal is
+ * refused. */
+lm_reader *lm_reader_open(const char *path);
+/* 1: *rec holds the next record (free it with lm_record_free); 0: clean end of stream;
+ * -1: error (lm_error says "record N: reason"). *rec is re-initialised first. */
+int lm_reader_next(lm_reader *r, lm_record *rec);
+const char *lm_reader_name(const lm_reader *r); /* the path, or "stdin" */
+long lm_reader_count(const lm_reader *r);       /* records returned so far */
+int lm_reader_last_compressed(const lm_reader *r);
+void lm_reader_close(lm_reader *r); /* accepts NULL */
+
+enum {
+    LM_W_FORCE = 1, /* allow binary output to a terminal */
+    LM_W_RAW = 2,   /* uncompressed records (a plain safetensors file for one record) */
+};
+/* path "-" (or NULL) is stdout; a named file is written under a temporary name and appears
+ * only on lm_writer_commit(). */
+lm_writer *lm_writer_open(const char *path, int flags);
+/* Serialises, compresses (one frame, content size and checksum recorded) and flushes. */
+int lm_writer_put(lm_writer *w, const lm_record *rec);
+/* Finishes the output (rename into place for files) and frees w. 0 or -1. */
+int lm_writer_commit(lm_writer *w);
+/* Drops the output (removes the temporary) and frees w. Accepts NULL. */
+void lm_writer_abort(lm_writer *w);
+const char *lm_writer_name(const lm_writer *w);
+void lm_writer_set_level(lm_writer *w, int zstd_level); /* default 3 */
+
+#endif

@@ -1,0 +1,380 @@
+/* nifti.c — NIfTI-1/2 reading and writing through nifticlib, in the axis convention of
+ * lm_nifti.h. nifticlib does the file format (gzip, byte order, versions); this file does
+ * geometry, scaling, dtype handling, the axis transpose, and atomic, verified writes.
+ */
+#include "lm_nifti.h"
+
+#include "lm_atomic.h"
+#include "lm_error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <nifti2_io.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int lm_nifti_is_name(const char *path)
+{
+    size_t n = strlen(path);
+    return (n > 4 && strcmp(path + n - 4, ".nii") == 0) ||
+           (n > 7 && strcmp(path + n - 7, ".nii.gz") == 0);
+}
+
+const char *lm_nifti_datatype_name(int datatype)
+{
+    const char *s = nifti_datatype_string(datatype);
+    return s ? s : "UNKNOWN";
+}
+
+static void mat_from(double out[16], nifti_dmat44 m)
+{
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 4; c++)
+            out[r * 4 + c] = m.m[r][c];
+}
+
+static nifti_dmat44 mat_to(const double in[16])
+{
+    nifti_dmat44 m;
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 4; c++)
+            m.m[r][c] = in[r * 4 + c];
+    return m;
+}
+
+static int open_nim(const char *path, int read_data, nifti_image **out, int *version)
+{
+    struct stat st;
+    *out = NULL;
+    if (stat(path, &st) != 0)
+        return lm_error_set("%s", strerror(errno));
+    if (S_ISDIR(st.st_mode))
+        return lm_error_set("is a directory");
+    if (access(path, R_OK) != 0)
+        return lm_error_set("%s", strerror(errno));
+    nifti_set_debug_level(0);
+    /* nim->nifti_type says NIfTI-1 for NIfTI-2 files in this nifticlib: ask the header. */
+    int nver = 1;
+    void *hdr = nifti_read_header(path, &nver, 0);
+    free(hdr);
+    *version = nver == 2 ? 2 : 1;
+    nifti_image *nim = nifti_image_read(path, read_data);
+    if (!nim)
+        return lm_error_set(read_data ? "not a readable NIfTI file (corrupt or truncated)"
+                                      : "not a readable NIfTI header");
+    if (read_data && !nim->data) {
+        nifti_image_free(nim);
+        return lm_error_set("truncated or corrupt NIfTI data");
+    }
+    *out = nim;
+    return 0;
+}
+
+static int fill_geom(const nifti_image *nim, int version, lm_nifti_geom *g)
+{
+    memset(g, 0, sizeof *g);
+    g->version = version;
+    g->datatype = nim->datatype;
+    for (int d = 6; d <= 7; d++)
+        if (nim->dim[0] >= d && nim->dim[d] > 1)
+            return lm_error_set("NIfTI file has %lld dimensions (at most 5 supported)",
+                                (long long)nim->dim[0]);
+    int64_t nt = nim->dim[0] >= 4 ? nim->nt : 1, nu = nim->dim[0] >= 5 ? nim->nu : 1;
+    if (nt > 1 && nu > 1)
+        return lm_error_set("NIfTI file with both a time and a vector dimension is not supported");
+    g->dims[0] = nim->nx;
+    g->dims[1] = nim->dim[0] >= 2 ? nim->ny : 1;
+    g->dims[2] = nim->dim[0] >= 3 ? nim->nz : 1;
+    g->dims[3] = nt > 1 ? nt : nu;
+    g->ndim = g->dims[3] > 1 ? 4 : 3;
+    for (int i = 0; i < 8; i++)
+        g->pixdim[i] = nim->pixdim[i];
+    g->spacing[0] = nim->dx;
+    g->spacing[1] = nim->dy;
+    g->spacing[2] = nim->dz;
+    g->qform_code = nim->qform_code;
+    g->sform_code = nim->sform_code;
+    g->quatern[0] = nim->quatern_b;
+    g->quatern[1] = nim->quatern_c;
+    g->quatern[2] = nim->quatern_d;
+    g->qoffset[0] = nim->qoffset_x;
+    g->qoffset[1] = nim->qoffset_y;
+    g->qoffset[2] = nim->qoffset_z;
+    g->qfac = nim->qfac;
+    /* The qform from the quaternion whatever its code (as nibabel's get_qform does). */
+    mat_from(g->qform, nifti_quatern_to_dmat44(nim->quatern_b, nim->quatern_c, nim->quatern_d,
+                                               nim->qoffset_x, nim->qoffset_y, nim->qoffset_z,
+                                               nim->dx, nim->dy, nim->dz, nim->qfac));
+    mat_from(g->sform, nim->sto_xyz);
+    if (g->sform_code > 0) {
+        memcpy(g->affine, g->sform, sizeof g->affine);
+    } else if (g->qform_code > 0) {
+        memcpy(g->affine, g->qform, sizeof g->affine);
+    } else { /* nibabel's shape_zoom_affine(shape, zooms, x_flip=True) */
+        double z[3] = {-nim->dx, nim->dy, nim->dz};
+        memset(g->affine, 0, sizeof g->affine);
+        for (int i = 0; i < 3; i++) {
+            g->affine[i * 4 + i] = z[i];
+            g->affine[i * 4 + 3] = -((double)g->dims[i] - 1) / 2.0 * z[i];
+        }
+        g->affine[15] = 1;
+    }
+    g->xyz_units = nim->xyz_units;
+    g->time_units = nim->time_units;
+    g->scl_slope = nim->scl_slope;
+    g->scl_inter = nim->scl_inter;
+    g->intent_code = nim->intent_code;
+    memcpy(g->descrip, nim->descrip, sizeof g->descrip);
+    g->descrip[sizeof g->descrip - 1] = '\0';
+    return 0;
+}
+
+int lm_nifti_read_geom(const char *path, lm_nifti_geom *g)
+{
+    nifti_image *nim;
+    int ver;
+    if (open_nim(path, 0, &nim, &ver) < 0)
+        return -1;
+    int rc = fill_geom(nim, ver, g);
+    nifti_image_free(nim);
+    return rc;
+}
+
+static double raw_get(const nifti_image *nim, int64_t i)
+{
+    const unsigned char *p = (const unsigned char *)nim->data + (size_t)i * (size_t)nim->nbyper;
+    switch (nim->datatype) {
+    case DT_UINT8: return *p;
+    case DT_INT8: { int8_t v; memcpy(&v, p, 1); return v; }
+    case DT_INT16: { int16_t v; memcpy(&v, p, 2); return v; }
+    case DT_UINT16: { uint16_t v; memcpy(&v, p, 2); return v; }
+    case DT_INT32: { int32_t v; memcpy(&v, p, 4); return v; }
+    case DT_UINT32: { uint32_t v; memcpy(&v, p, 4); return v; }
+    case DT_INT64: { int64_t v; memcpy(&v, p, 8); return (double)v; }
+    case DT_UINT64: { uint64_t v; memcpy(&v, p, 8); return (double)v; }
+    case DT_FLOAT32: { float v; memcpy(&v, p, 4); return v; }
+    case DT_FLOAT64: { double v; memcpy(&v, p, 8); return v; }
+    default: return NAN;
+    }
+}
+
+static int supported_type(int dt)
+{
+    switch (dt) {
+    case DT_UINT8: case DT_INT8: case DT_INT16: case DT_UINT16: case DT_INT32:
+    case DT_UINT32: case DT_INT64: case DT_UINT64: case DT_FLOAT32: case DT_FLOAT64:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int lm_nifti_read(const char *path, int mode, lm_tensor *t, lm_nifti_geom *g)
+{
+    nifti_image *nim;
+    lm_nifti_geom gl;
+    memset(t, 0, sizeof *t);
+    if (!g)
+        g = &gl;
+    int ver;
+    if (open_nim(path, 1, &nim, &ver) < 0)
+        return -1;
+    if (fill_geom(nim, ver, g) < 0)
+        goto fail;
+    if (!supported_type(nim->datatype)) {
+        lm_error_set("unsupported NIfTI datatype %d (%s); only real scalar types are read",
+                     nim->datatype, nifti_datatype_string(nim->datatype));
+        goto fail;
+    }
+    int64_t D = g->dims[0], H = g->dims[1], W = g->dims[2], C = g->dims[3];
+    int64_t shape4[4] = {C, D, H, W};
+    const int64_t *shape = g->ndim == 4 ? shape4 : shape4 + 1;
+    if (lm_tensor_alloc(t, "", mode == LM_NII_LABELS ? LM_I32 : LM_F32, g->ndim, shape) < 0)
+        goto fail;
+    double slope = nim->scl_slope, inter = nim->scl_inter;
+    int scale = slope != 0 && isfinite(slope) && isfinite(inter) && !(slope == 1 && inter == 0);
+    float *of = t->data;
+    int32_t *oi = t->data;
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t i = 0; i < D; i++)
+            for (int64_t j = 0; j < H; j++)
+                for (int64_t k = 0; k < W; k++) {
+                    double v = raw_get(nim, i + D * (j + H * (k + W * c)));
+                    if (scale)
+                        v = v * slope + inter;
+                    int64_t o = ((c * D + i) * H + j) * W + k;
+                    if (mode != LM_NII_LABELS) {
+                        of[o] = (float)v;
+                    } else if (!(v == floor(v)) || v < INT32_MIN || v > INT32_MAX) {
+                        lm_error_set("label map has a non-integer value %g at voxel (%lld,%lld,"
+                                     "%lld)", v, (long long)i, (long long)j, (long long)k);
+                        goto fail;
+                    } else {
+                        oi[o] = (int32_t)v;
+                    }
+                }
+    nifti_image_free(nim);
+    return 0;
+fail:
+    lm_tensor_free(t);
+    nifti_image_free(nim);
+    return -1;
+}
+
+static int nifti_dt(lm_dtype dt)
+{
+    switch (dt) {
+    case LM_F32: return DT_FLOAT32;
+    case LM_F64: return DT_FLOAT64;
+    case LM_U8: return DT_UINT8;
+    case LM_I8: return DT_INT8;
+    case LM_I16: return DT_INT16;
+    case LM_U16: return DT_UINT16;
+    case LM_I32: return DT_INT32;
+    case LM_U32: return DT_UINT32;
+    default: return -1;
+    }
+}
+
+void lm_nifti_geom_from_affine(lm_nifti_geom *g, const double affine[16], const int64_t dhw[3])
+{
+    memset(g, 0, sizeof *g);
+    g->version = 1;
+    memcpy(g->affine, affine, sizeof g->affine);
+    memcpy(g->sform, affine, sizeof g->sform);
+    g->sform_code = NIFTI_XFORM_ALIGNED_ANAT;
+    g->qform_code = NIFTI_XFORM_SCANNER_ANAT;
+    double dx, dy, dz, qb, qc, qd, qx, qy, qz, qfac;
+    nifti_dmat44_to_quatern(mat_to(affine), &qb, &qc, &qd, &qx, &qy, &qz, &dx, &dy, &dz, &qfac);
+    g->quatern[0] = qb;
+    g->quatern[1] = qc;
+    g->quatern[2] = qd;
+    g->qoffset[0] = qx;
+    g->qoffset[1] = qy;
+    g->qoffset[2] = qz;
+    g->qfac = qfac;
+    mat_from(g->qform, nifti_quatern_to_dmat44(qb, qc, qd, qx, qy, qz, dx, dy, dz, qfac));
+    g->pixdim[0] = qfac;
+    for (int i = 0; i < 3; i++) {
+        double s = 0;
+        for (int r = 0; r < 3; r++)
+            s += affine[r * 4 + i] * affine[r * 4 + i];
+        g->spacing[i] = g->pixdim[i + 1] = sqrt(s);
+        g->dims[i] = dhw ? dhw[i] : 0;
+    }
+    g->dims[3] = 1;
+    g->ndim = 3;
+    g->xyz_units = NIFTI_UNITS_MM;
+    g->scl_slope = 1;
+}
+
+int lm_nifti_write(const char *path, const lm_tensor *t, const lm_nifti_geom *ref, int flags)
+{
+    lm_nifti_geom ident;
+    nifti_image *nim = NULL, *back = NULL;
+    char *tmp = NULL;
+    void *buf = NULL;
+    int rc = -1;
+    int dt = nifti_dt(t->dtype);
+    if (dt < 0)
+        return lm_error_set("cannot write %s data to NIfTI", lm_dtype_name(t->dtype));
+    if (t->ndim != 3 && t->ndim != 4)
+        return lm_error_set("NIfTI output needs a [D,H,W] or [C,D,H,W] tensor, got %d dims",
+                            t->ndim);
+    if (!lm_nifti_is_name(path))
+        return lm_error_set("NIfTI output name must end in .nii or .nii.gz");
+    if (!ref) {
+        double eye[16] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1};
+        lm_nifti_geom_from_affine(&ident, eye, NULL);
+        ref = &ident;
+    }
+    int64_t C = t->ndim == 4 ? t->shape[0] : 1;
+    int64_t D = t->shape[t->ndim - 3], H = t->shape[t->ndim - 2], W = t->shape[t->ndim - 1];
+    int64_t dims[8] = {3, D, H, W, 1, 1, 1, 1};
+    if (C > 1 || t->ndim == 4) {
+        if (flags & LM_NII_VECTOR) {
+            dims[0] = 5;
+            dims[5] = C;
+        } else {
+            dims[0] = 4;
+            dims[4] = C;
+        }
+    }
+    nifti_set_debug_level(0);
+    nim = nifti_make_new_nim(dims, dt, 0);
+    if (!nim)
+        return lm_error_set("cannot create a NIfTI header");
+    size_t es = lm_dtype_size(t->dtype);
+    buf = malloc(t->nbytes ? t->nbytes : 1);
+    if (!buf) {
+        lm_error_set("out of memory");
+        goto done;
+    }
+    {
+        const unsigned char *src = t->data;
+        unsigned char *dst = buf;
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t i = 0; i < D; i++)
+                for (int64_t j = 0; j < H; j++)
+                    for (int64_t k = 0; k < W; k++)
+                        memcpy(dst + (size_t)(i + D * (j + H * (k + W * c))) * es,
+                               src + (size_t)(((c * D + i) * H + j) * W + k) * es, es);
+    }
+    nim->data = buf;
+    nim->nifti_type = ref->version == 2 ? NIFTI_FTYPE_NIFTI2_1 : NIFTI_FTYPE_NIFTI1_1;
+    nim->dx = nim->pixdim[1] = ref->pixdim[1] > 0 ? ref->pixdim[1] : 1;
+    nim->dy = nim->pixdim[2] = ref->pixdim[2] > 0 ? ref->pixdim[2] : 1;
+    nim->dz = nim->pixdim[3] = ref->pixdim[3] > 0 ? ref->pixdim[3] : 1;
+    nim->qform_code = ref->qform_code;
+    nim->sform_code = ref->sform_code;
+    nim->quatern_b = ref->quatern[0];
+    nim->quatern_c = ref->quatern[1];
+    nim->quatern_d = ref->quatern[2];
+    nim->qoffset_x = ref->qoffset[0];
+    nim->qoffset_y = ref->qoffset[1];
+    nim->qoffset_z = ref->qoffset[2];
+    nim->qfac = nim->pixdim[0] = ref->qfac < 0 ? -1 : 1;
+    nim->qto_xyz = nifti_quatern_to_dmat44(nim->quatern_b, nim->quatern_c, nim->quatern_d,
+                                           nim->qoffset_x, nim->qoffset_y, nim->qoffset_z,
+                                           nim->dx, nim->dy, nim->dz, nim->qfac);
+    nim->qto_ijk = nifti_dmat44_inverse(nim->qto_xyz);
+    nim->sto_xyz = mat_to(ref->sform_code > 0 ? ref->sform : ref->affine);
+    nim->sto_ijk = nifti_dmat44_inverse(nim->sto_xyz);
+    nim->xyz_units = ref->xyz_units ? ref->xyz_units : NIFTI_UNITS_MM;
+    nim->time_units = ref->time_units;
+    nim->scl_slope = 1;
+    nim->scl_inter = 0;
+    if (flags & LM_NII_VECTOR) {
+        nim->intent_code = NIFTI_INTENT_DISPVECT;
+        snprintf(nim->intent_name, sizeof nim->intent_name, "displacement");
+    }
+    snprintf(nim->descrip, sizeof nim->descrip, "%s", ref->descrip[0] ? ref->descrip : "llm-morph");
+    if (lm_atomic_tmpname(path, &tmp) < 0)
+        goto done;
+    if (nifti_set_filenames(nim, tmp, 0, 1) != 0) {
+        lm_error_set("cannot set NIfTI file name");
+        goto done;
+    }
+    nifti_image_write(nim);
+    /* nifticlib reports write errors only on stderr: read the file back to be sure. */
+    back = nifti_image_read(tmp, 1);
+    if (!back || !back->data || back->nvox != nim->nvox || back->datatype != dt) {
+        lm_error_set("write error (the written file does not read back; disk full?)");
+        goto done;
+    }
+    rc = lm_atomic_commit(NULL, tmp, path);
+    tmp = NULL;
+done:
+    if (tmp)
+        lm_atomic_abort(NULL, tmp);
+    if (nim) {
+        nim->data = NULL;
+        nifti_image_free(nim);
+    }
+    nifti_image_free(back);
+    free(buf);
+    return rc;
+}
