@@ -38,7 +38,7 @@ NVWERR := -Werror all-warnings -Xcompiler -Werror
 endif
 CSTD     := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
 CFLAGS   ?= -O2 -g
-ALL_CFLAGS = $(CSTD) $(CFLAGS) $(WARN) -fopenmp -MMD -MP -Ilibcommon -Ikernels \
+ALL_CFLAGS = $(CSTD) $(CFLAGS) $(WARN) -fopenmp -MMD -MP -Ilibcommon -Ikernels -Itests/lib \
              -I/usr/include/nifti $(PKG_CFLAGS) -DLM_VERSION='"$(VERSION)"' -DLM_HAVE_CUDA=$(CUDA)
 LDLIBS_ALL = $(PKG_LIBS) -lnifti2 -lznz -lz -lm -fopenmp
 NVFLAGS  := -O3 -std=c++17 -lineinfo -gencode arch=compute_80,code=sm_80 \

@@ -147,8 +147,12 @@ static void emit_meta(cJSON *jrec, const lm_meta_kv *m, int n)
             cJSON_AddStringToObject(o, m[i].key, m[i].value);
         return;
     }
-    for (int i = 0; i < n; i++)
-        fprintf(txt, "  @%s = %s\n", m[i].key, m[i].value);
+    for (int i = 0; i < n; i++) {
+        fprintf(txt, "  @%s = ", m[i].key);
+        for (const char *p = m[i].value; *p; p++) /* indent continuation lines (history) */
+            fputs(*p == '\n' ? "\n      " : (char[2]){*p, 0}, txt);
+        fputc('\n', txt);
+    }
 }
 
 static cJSON *new_file(const char *path, const char *format)

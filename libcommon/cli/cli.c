@@ -299,3 +299,38 @@ void lm_progress_end(lm_progress *p)
     if (p->enabled && (p->drawn || lm_now() - p->t0 > 2.0))
         progress_draw(p, lm_now(), 1);
 }
+
+int lm_record_add_history(lm_record *rec, int argc, char **argv)
+{
+    const char *old = lm_record_meta_get(rec, "history");
+    size_t cap = (old ? strlen(old) + 1 : 0) + 1;
+    for (int i = 0; i < argc; i++)
+        cap += 2 * strlen(argv[i]) + 3;
+    char *s = malloc(cap), *p = s;
+    if (!s)
+        return lm_error_set("out of memory");
+    if (old)
+        p += sprintf(p, "%s\n", old);
+    for (int i = 0; i < argc; i++) {
+        const char *a = i ? argv[i] : progname;
+        int quote = !*a || strpbrk(a, " \t\n'\"\\$`*?;&|<>()") != NULL;
+        if (i)
+            *p++ = ' ';
+        if (quote)
+            *p++ = '\'';
+        for (const char *q = a; *q; q++) {
+            if (*q == '\'' && quote) {
+                memcpy(p, "'\\''", 4);
+                p += 4;
+            } else {
+                *p++ = *q == '\n' ? ' ' : *q;
+            }
+        }
+        if (quote)
+            *p++ = '\'';
+    }
+    *p = '\0';
+    int rc = lm_record_meta_set(rec, "history", s);
+    free(s);
+    return rc;
+}

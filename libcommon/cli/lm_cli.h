@@ -8,6 +8,7 @@
 #define LM_CLI_H
 
 #include "io/lm_error.h"
+#include "io/lm_tensor.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -70,5 +71,9 @@ double lm_now(void); /* monotonic seconds */
 void lm_progress_start(lm_progress *p, const char *what, int64_t total, const char *unit);
 void lm_progress_update(lm_progress *p, int64_t done);
 void lm_progress_end(lm_progress *p);
+
+/* Appends this command line (argv joined, quoted where needed) as one line to the record's
+ * "history" metadata (MRtrix3-style provenance). 0 or -1. */
+int lm_record_add_history(lm_record *rec, int argc, char **argv);
 
 #endif

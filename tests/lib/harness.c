@@ -35,6 +35,16 @@ void lm_test_fail(const char *file, int line, const char *fmt, ...)
     case_failed++;
 }
 
+void lm_test_failc(const char *file, int line, const char *cond, const char *fmt, ...)
+{
+    char msg[800];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    lm_test_fail(file, line, "check failed: %s%s%s", cond, *msg ? ": " : "", msg);
+}
+
 void lm_test_skip(const char *fmt, ...)
 {
     va_list ap;

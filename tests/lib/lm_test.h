@@ -22,6 +22,9 @@ typedef struct {
 int lm_test_run(int argc, char **argv, const lm_test_case *cases);
 void lm_test_fail(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* As lm_test_fail, prefixed with "check failed: COND: " (COND is not a format). */
+void lm_test_failc(const char *file, int line, const char *cond, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 void lm_test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 uint64_t lm_test_seed(void);
 /* Path of the shared data folder (../shared from the repo root, or $LM_SHARED), or NULL when
@@ -35,7 +38,7 @@ const char *lm_test_srcdir(void);
 #define LM_CHECK(cond, ...)                                                                    \
     do {                                                                                       \
         if (!(cond))                                                                           \
-            lm_test_fail(__FILE__, __LINE__, "check failed: " #cond ": " __VA_ARGS__);         \
+            lm_test_failc(__FILE__, __LINE__, #cond, "" __VA_ARGS__);                          \
     } while (0)
 
 /* |a-b| <= atol + rtol*|b| with NaN == NaN */
