@@ -45,7 +45,38 @@ static nifti_dmat44 mat_to(const double in[16])
     return m;
 }
 
-static int open_nim(const char *path, int read_data, nifti_image **out, int *version)
+/* nifticlib prints some errors straight to stderr whatever its debug level; a tool must say
+ * one line, so its stderr is muted around calls into it (LM_NIFTI_DEBUG=1 keeps it). */
+static int mute_stderr(void)
+{
+    if (getenv("LM_NIFTI_DEBUG"))
+        return -1;
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO), null = open("/dev/null", O_WRONLY);
+    if (saved >= 0 && null >= 0)
+        dup2(null, STDERR_FILENO);
+    if (null >= 0)
+        close(null);
+    return saved;
+}
+
+static void unmute_stderr(int saved)
+{
+    if (saved < 0)
+        return;
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+}
+
+/* The stored quaternion and srow fields, which nifticlib resets when their code is 0 but
+ * nibabel reports as they are. */
+typedef struct {
+    int version;
+    double quatern[3], qoffset[3], qfac, srow[12];
+} raw_geom;
+
+static int open_nim(const char *path, int read_data, nifti_image **out, raw_geom *raw)
 {
     struct stat st;
     *out = NULL;
@@ -56,12 +87,40 @@ static int open_nim(const char *path, int read_data, nifti_image **out, int *ver
     if (access(path, R_OK) != 0)
         return lm_error_set("%s", strerror(errno));
     nifti_set_debug_level(0);
-    /* nim->nifti_type says NIfTI-1 for NIfTI-2 files in this nifticlib: ask the header. */
-    int nver = 1;
-    void *hdr = nifti_read_header(path, &nver, 0);
+    int nver = 0, saved = mute_stderr();
+    void *hdr = nifti_read_header(path, &nver, 1);
+    nifti_image *nim = hdr ? nifti_image_read(path, read_data) : NULL;
+    unmute_stderr(saved);
+    memset(raw, 0, sizeof *raw);
+    raw->version = nver == 2 ? 2 : 1;
+    if (hdr && nver == 2) {
+        const nifti_2_header *h = hdr;
+        double q[7] = {h->quatern_b, h->quatern_c, h->quatern_d, h->qoffset_x,
+                       h->qoffset_y, h->qoffset_z, h->pixdim[0]};
+        memcpy(raw->quatern, q, 3 * sizeof *q);
+        memcpy(raw->qoffset, q + 3, 3 * sizeof *q);
+        raw->qfac = q[6];
+        for (int i = 0; i < 4; i++) {
+            raw->srow[i] = h->srow_x[i];
+            raw->srow[4 + i] = h->srow_y[i];
+            raw->srow[8 + i] = h->srow_z[i];
+        }
+    } else if (hdr) {
+        const nifti_1_header *h = hdr;
+        double q[7] = {h->quatern_b, h->quatern_c, h->quatern_d, h->qoffset_x,
+                       h->qoffset_y, h->qoffset_z, h->pixdim[0]};
+        memcpy(raw->quatern, q, 3 * sizeof *q);
+        memcpy(raw->qoffset, q + 3, 3 * sizeof *q);
+        raw->qfac = q[6];
+        for (int i = 0; i < 4; i++) {
+            raw->srow[i] = h->srow_x[i];
+            raw->srow[4 + i] = h->srow_y[i];
+            raw->srow[8 + i] = h->srow_z[i];
+        }
+    }
     free(hdr);
-    *version = nver == 2 ? 2 : 1;
-    nifti_image *nim = nifti_image_read(path, read_data);
+    if (!hdr)
+        return lm_error_set("not a NIfTI file (no valid header)");
     if (!nim)
         return lm_error_set(read_data ? "not a readable NIfTI file (corrupt or truncated)"
                                       : "not a readable NIfTI header");
@@ -73,10 +132,10 @@ static int open_nim(const char *path, int read_data, nifti_image **out, int *ver
     return 0;
 }
 
-static int fill_geom(const nifti_image *nim, int version, lm_nifti_geom *g)
+static int fill_geom(const nifti_image *nim, const raw_geom *raw, lm_nifti_geom *g)
 {
     memset(g, 0, sizeof *g);
-    g->version = version;
+    g->version = raw->version;
     g->datatype = nim->datatype;
     for (int d = 6; d <= 7; d++)
         if (nim->dim[0] >= d && nim->dim[d] > 1)
@@ -97,18 +156,17 @@ static int fill_geom(const nifti_image *nim, int version, lm_nifti_geom *g)
     g->spacing[2] = nim->dz;
     g->qform_code = nim->qform_code;
     g->sform_code = nim->sform_code;
-    g->quatern[0] = nim->quatern_b;
-    g->quatern[1] = nim->quatern_c;
-    g->quatern[2] = nim->quatern_d;
-    g->qoffset[0] = nim->qoffset_x;
-    g->qoffset[1] = nim->qoffset_y;
-    g->qoffset[2] = nim->qoffset_z;
-    g->qfac = nim->qfac;
-    /* The qform from the quaternion whatever its code (as nibabel's get_qform does). */
-    mat_from(g->qform, nifti_quatern_to_dmat44(nim->quatern_b, nim->quatern_c, nim->quatern_d,
-                                               nim->qoffset_x, nim->qoffset_y, nim->qoffset_z,
-                                               nim->dx, nim->dy, nim->dz, nim->qfac));
-    mat_from(g->sform, nim->sto_xyz);
+    memcpy(g->quatern, raw->quatern, sizeof g->quatern);
+    memcpy(g->qoffset, raw->qoffset, sizeof g->qoffset);
+    g->qfac = raw->qfac < 0 ? -1 : 1;
+    /* qform and sform from the stored fields whatever their codes (as nibabel's get_qform and
+     * get_sform report them); the codes decide which one is the affine. */
+    mat_from(g->qform, nifti_quatern_to_dmat44(g->quatern[0], g->quatern[1], g->quatern[2],
+                                               g->qoffset[0], g->qoffset[1], g->qoffset[2],
+                                               nim->dx, nim->dy, nim->dz, g->qfac));
+    memcpy(g->sform, raw->srow, sizeof raw->srow);
+    g->sform[12] = g->sform[13] = g->sform[14] = 0;
+    g->sform[15] = 1;
     if (g->sform_code > 0) {
         memcpy(g->affine, g->sform, sizeof g->affine);
     } else if (g->qform_code > 0) {
@@ -135,10 +193,10 @@ static int fill_geom(const nifti_image *nim, int version, lm_nifti_geom *g)
 int lm_nifti_read_geom(const char *path, lm_nifti_geom *g)
 {
     nifti_image *nim;
-    int ver;
-    if (open_nim(path, 0, &nim, &ver) < 0)
+    raw_geom raw;
+    if (open_nim(path, 0, &nim, &raw) < 0)
         return -1;
-    int rc = fill_geom(nim, ver, g);
+    int rc = fill_geom(nim, &raw, g);
     nifti_image_free(nim);
     return rc;
 }
@@ -179,10 +237,10 @@ int lm_nifti_read(const char *path, int mode, lm_tensor *t, lm_nifti_geom *g)
     memset(t, 0, sizeof *t);
     if (!g)
         g = &gl;
-    int ver;
-    if (open_nim(path, 1, &nim, &ver) < 0)
+    raw_geom raw;
+    if (open_nim(path, 1, &nim, &raw) < 0)
         return -1;
-    if (fill_geom(nim, ver, g) < 0)
+    if (fill_geom(nim, &raw, g) < 0)
         goto fail;
     if (!supported_type(nim->datatype)) {
         lm_error_set("unsupported NIfTI datatype %d (%s); only real scalar types are read",
@@ -358,9 +416,11 @@ int lm_nifti_write(const char *path, const lm_tensor *t, const lm_nifti_geom *re
         lm_error_set("cannot set NIfTI file name");
         goto done;
     }
+    int saved = mute_stderr();
     nifti_image_write(nim);
     /* nifticlib reports write errors only on stderr: read the file back to be sure. */
     back = nifti_image_read(tmp, 1);
+    unmute_stderr(saved);
     if (!back || !back->data || back->nvox != nim->nvox || back->datatype != dt) {
         lm_error_set("write error (the written file does not read back; disk full?)");
         goto done;

@@ -13,6 +13,7 @@ static int case_failed, case_skipped;
 static char first_msg[1024], skip_msg[512];
 static const char *prog = "test";
 static char tmpdir[512];
+static pid_t tmp_owner;
 
 uint64_t lm_test_seed(void)
 {
@@ -83,7 +84,7 @@ const char *lm_test_shared(void)
 
 static void rm_tmp(void)
 {
-    if (tmpdir[0] && !getenv("LM_KEEP_TMP")) {
+    if (tmpdir[0] && getpid() == tmp_owner && !getenv("LM_KEEP_TMP")) { /* not in children */
         char cmd[600];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
         if (system(cmd) != 0)
@@ -100,6 +101,7 @@ const char *lm_test_tmpdir(void)
             perror("mkdtemp");
             exit(1);
         }
+        tmp_owner = getpid();
         atexit(rm_tmp);
     }
     return tmpdir;
