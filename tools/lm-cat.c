@@ -22,6 +22,7 @@ static const lm_option opts[] = {
     {"add", 'a', "NAME=FILE", "add a NIfTI image as an F32 tensor [1,1,D,H,W] (repeatable)"},
     {"add-labels", 'L', "NAME=FILE", "add a NIfTI label map as an I32 tensor [1,1,D,H,W]"},
     {"meta", 'm', "KEY=VALUE", "set a metadata entry on every record (repeatable)"},
+    {"new", 'n', NULL, "make one new record (with --add/--meta) instead of reading input"},
     {"quiet", 'q', NULL, "no progress messages"},
     {"verbose", 'v', NULL, "report each record"},
     {"help", 'h', NULL, "show this help and exit"},
@@ -31,8 +32,8 @@ static const lm_option opts[] = {
 static const lm_cli_spec spec = {
     "[options] [FILE...]",
     "Concatenate tensor streams, checking every record, optionally adding NIfTI images and\n"
-    "metadata. With no FILE, read standard input; when only --add/--add-labels/--meta are\n"
-    "given and no FILE, make one new record.",
+    "metadata. With no FILE, or when FILE is -, read standard input; with --new, read\n"
+    "nothing and make one record from --add/--add-labels/--meta.",
     opts,
     "Exit status: 0 success, 1 unreadable or corrupt input or failed write, 2 usage error.",
 };
@@ -73,7 +74,7 @@ static int split_kv(const char *s, kv *out, int labels)
 int main(int argc, char **argv)
 {
     const char *arg, *out = NULL, *sel = NULL, *drop = NULL;
-    int flags = 0, c;
+    int flags = 0, c, fresh = 0;
     long level = 3;
     kv adds[MAXL], metas[MAXL];
     int nadd = 0, nmeta = 0;
@@ -99,7 +100,9 @@ int main(int argc, char **argv)
         } else if (!strcmp(o, "meta")) {
             if (nmeta == MAXL || split_kv(arg, &metas[nmeta++], 0) < 0)
                 lm_usage_error("--meta: expected KEY=VALUE, got '%s'", arg);
-        } else if (!strcmp(o, "quiet"))
+        } else if (!strcmp(o, "new"))
+            fresh = 1;
+        else if (!strcmp(o, "quiet"))
             lm_verbose = -1;
         else if (!strcmp(o, "verbose"))
             lm_verbose++;
@@ -120,7 +123,9 @@ int main(int argc, char **argv)
         t.owns = 0;
         lm_tensor_free(&t);
     }
-    int nin = argc - optind, fresh = nin == 0 && (nadd || nmeta);
+    int nin = argc - optind;
+    if (fresh && nin)
+        lm_usage_error("--new reads no input, but input files were given");
     lm_writer *w = lm_writer_open(out, flags);
     if (!w)
         lm_die_error(out ? out : "stdout");
