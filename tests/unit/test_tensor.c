@@ -1,6 +1,7 @@
 /* test_tensor.c — dtypes, half-precision conversion (exhaustive), records, shapes, RNG,
  * strict number parsing. */
 #include "cli/lm_cli.h"
+#include "cli/lm_device.h"
 #include "cli/lm_rng.h"
 #include "io/lm_tensor.h"
 #include "lm_test.h"
@@ -273,7 +274,32 @@ static void t_parse(void)
     LM_CHECK(lm_parse_long_list("1,2,3", ',', 0, 99, l, &n) < 0, "too many items");
 }
 
+static void t_device(void)
+{
+    lm_device d;
+    char why[256];
+    unsetenv("LM_DEVICE");
+    LM_CHECK(lm_device_select("cpu", &d) == 0 && d.kind == LM_DEV_CPU, "cpu");
+    LM_CHECK(lm_device_select("gpu", &d) < 0 && strstr(lm_error(), "not a device"), "gpu: %s",
+             lm_error());
+    LM_CHECK(lm_device_select("cuda:x", &d) < 0, "cuda:x accepted");
+    LM_CHECK(lm_device_select(NULL, &d) == 0, "default: %s", lm_error());
+    setenv("LM_DEVICE", "tpu", 1);
+    LM_CHECK(lm_device_select(NULL, &d) < 0 && strstr(lm_error(), "LM_DEVICE"), "env: %s",
+             lm_error());
+    unsetenv("LM_DEVICE");
+    /* Asking for CUDA without a GPU is an error, never a fallback to the CPU. */
+    int r = lm_device_select("cuda", &d);
+    if (d.kind == LM_DEV_CUDA && r == 0)
+        LM_CHECK(strlen(lm_device_describe(&d, why, sizeof why)) > 4, "describe");
+    else
+        LM_CHECK(r < 0 && (strstr(lm_error(), "no CUDA") || strstr(lm_error(), "CUDA backend")),
+                 "cuda without a GPU: %s", lm_error());
+    LM_CHECK(lm_device_select("cuda:1023", &d) < 0, "cuda:1023 accepted");
+}
+
 static const lm_test_case cases[] = {
+    {"device_select", t_device},
     {"dtype_names", t_dtype_names},
     {"half_roundtrip_exhaustive", t_half_roundtrip_exhaustive},
     {"f16_round_nearest_even", t_f16_rne},
