@@ -364,7 +364,8 @@ static int info_file(const char *path)
     int k = sniff(path, b, sizeof b);
     if (k < 0)
         return -1;
-    int zstd = k >= 4 && b[0] == 0x28 && b[1] == 0xB5 && b[2] == 0x2F && b[3] == 0xFD;
+    int zstd = k >= 4 && ((b[0] == 0x28 && b[1] == 0xB5 && b[2] == 0x2F && b[3] == 0xFD) ||
+                          ((b[0] & 0xF0) == 0x50 && b[1] == 0x2A && b[2] == 0x4D && b[3] == 0x18));
     int gz = k >= 2 && b[0] == 0x1f && b[1] == 0x8b;
     int nii = k >= 348 && (memcmp(b + 344, "n+1", 4) == 0 || memcmp(b + 344, "ni1", 4) == 0 ||
                            memcmp(b + 4, "n+2", 3) == 0);

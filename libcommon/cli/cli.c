@@ -313,7 +313,7 @@ int lm_record_add_history(lm_record *rec, int argc, char **argv)
         p += sprintf(p, "%s\n", old);
     for (int i = 0; i < argc; i++) {
         const char *a = i ? argv[i] : progname;
-        int quote = !*a || strpbrk(a, " \t\n'\"\\$`*?;&|<>()") != NULL;
+        int quote = !*a || strpbrk(a, " \t\n'\"\\$`*?;&|<>()[]{}~#!") != NULL;
         if (i)
             *p++ = ' ';
         if (quote)

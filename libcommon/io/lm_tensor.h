@@ -97,5 +97,10 @@ const lm_tensor *lm_record_cget(const lm_record *r, const char *name);
 int lm_record_take(lm_record *r, const char *name, lm_tensor *out);
 int lm_record_meta_set(lm_record *r, const char *key, const char *value);
 const char *lm_record_meta_get(const lm_record *r, const char *key);
+/* Metadata holding a JSON array of numbers ("[2.0,2.0,2.0]"): fills out[0..cap-1] and returns
+ * the count, 0 if the key is absent, -1 (lm_error) if the value is not such an array. */
+int lm_record_meta_doubles(const lm_record *r, const char *key, double *out, int cap);
+/* Writes a JSON array of numbers (%.17g, exact round trip) as metadata. */
+int lm_record_meta_set_doubles(lm_record *r, const char *key, const double *v, int n);
 
 #endif

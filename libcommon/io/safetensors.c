@@ -67,7 +67,10 @@ static int json_uint(const cJSON *j, uint64_t *out)
 static int cmp_begin(const void *a, const void *b)
 {
     const lm_st_entry *x = *(const lm_st_entry *const *)a, *y = *(const lm_st_entry *const *)b;
-    return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : 0;
+    /* Ties by end: a zero-size tensor sits at the offset of the tensor after it. */
+    if (x->begin != y->begin)
+        return x->begin < y->begin ? -1 : 1;
+    return x->end < y->end ? -1 : x->end > y->end ? 1 : 0;
 }
 
 static int parse_entry(lm_st_entry *e, const cJSON *item)

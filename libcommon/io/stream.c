@@ -255,15 +255,8 @@ static int next_zstd(lm_reader *r, size_t *len)
         if (expect && produced > expect)
             return lm_error_set("zstd frame holds more bytes than its record declares");
         if (ret == 0) { /* frame complete */
-            if (produced == 0) { /* skippable or empty frame: look for the next */
-                if (fill(r, 1) < 0)
-                    return -1;
-                if (avail(r) == 0)
-                    return 2; /* clean end after a skippable frame */
-                first = 1;
-                ZSTD_DCtx_reset(r->dctx, ZSTD_reset_session_only);
-                continue;
-            }
+            if (produced == 0) /* a skippable or empty frame: the caller looks again */
+                return 3;
             if (!expect || produced != expect)
                 return lm_error_set("zstd frame ends inside the record (%zu bytes)", produced);
             *len = produced;
@@ -277,18 +270,18 @@ int lm_reader_next(lm_reader *r, lm_record *rec)
     size_t len = 0;
     int rc;
     lm_record_init(rec);
-    if (fill(r, 4) < 0)
-        goto fail;
-    if (avail(r) == 0)
-        return 0;
-    unsigned char *p = r->in + r->in_pos;
-    uint32_t magic = avail(r) >= 4 ? (uint32_t)p[0] | (uint32_t)p[1] << 8 |
-                                         (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24
-                                   : 0;
-    r->last_zstd = magic == ZMAGIC || (magic & 0xFFFFFFF0u) == 0x184D2A50u;
-    rc = r->last_zstd ? next_zstd(r, &len) : next_raw(r, &len);
-    if (rc == 2)
-        return 0;
+    do { /* skippable zstd frames (and empty frames) between records are skipped */
+        if (fill(r, 4) < 0)
+            goto fail;
+        if (avail(r) == 0)
+            return 0;
+        unsigned char *p = r->in + r->in_pos;
+        uint32_t magic = avail(r) >= 4 ? (uint32_t)p[0] | (uint32_t)p[1] << 8 |
+                                             (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24
+                                       : 0;
+        r->last_zstd = magic == ZMAGIC || (magic & 0xFFFFFFF0u) == 0x184D2A50u;
+        rc = r->last_zstd ? next_zstd(r, &len) : next_raw(r, &len);
+    } while (rc == 3);
     if (rc < 0)
         goto fail;
     if (lm_st_parse_record(rec, r->out, len) < 0)

@@ -64,4 +64,11 @@ void lm_labels_remap(int32_t *v, int64_t n, const long *keep, int k);
 /* Sorted distinct non-zero values (at most cap); returns the count found (may exceed cap). */
 int lm_labels_present(const int32_t *v, int64_t n, long *out, int cap);
 
+/* Displacement fields. Ours: flow [3,D,H,W] in voxels of the grid, channel c along array axis
+ * c. ITK/ANTs (NIfTI intent DISPVECT, what antsApplyTransforms reads): the same displacement as
+ * a physical vector in mm in ITK's LPS frame, u_lps = diag(-1,-1,1) * R * u_vox, where R is the
+ * 3x3 linear part of the grid's voxel->world (RAS) affine. n = D*H*W. In place allowed. */
+void lm_field_vox_to_lps_mm(float *out, const float *flow, int64_t n, const double affine[16]);
+int lm_field_lps_mm_to_vox(float *out, const float *field, int64_t n, const double affine[16]);
+
 #endif

@@ -406,3 +406,35 @@ int lm_labels_present(const int32_t *v, int64_t n, long *out, int cap)
     free(all);
     return count;
 }
+
+/* ---- displacement fields ------------------------------------------------------------------ */
+
+void lm_field_vox_to_lps_mm(float *out, const float *flow, int64_t n, const double affine[16])
+{
+    static const double lps[3] = {-1, -1, 1};
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        double u[3] = {flow[i], flow[n + i], flow[2 * n + i]}, v[3];
+        for (int r = 0; r < 3; r++)
+            v[r] = lps[r] * (affine[r * 4] * u[0] + affine[r * 4 + 1] * u[1] +
+                             affine[r * 4 + 2] * u[2]);
+        for (int r = 0; r < 3; r++)
+            out[r * n + i] = (float)v[r];
+    }
+}
+
+int lm_field_lps_mm_to_vox(float *out, const float *field, int64_t n, const double affine[16])
+{
+    double inv[16];
+    if (inv4(affine, inv) < 0)
+        return -1;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        double w[3] = {-(double)field[i], -(double)field[n + i], field[2 * n + i]}, v[3];
+        for (int r = 0; r < 3; r++)
+            v[r] = inv[r * 4] * w[0] + inv[r * 4 + 1] * w[1] + inv[r * 4 + 2] * w[2];
+        for (int r = 0; r < 3; r++)
+            out[r * n + i] = (float)v[r];
+    }
+    return 0;
+}

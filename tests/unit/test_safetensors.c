@@ -298,6 +298,22 @@ static void t_bad_headers(void)
              lm_error());
 }
 
+/* Zero-size tensors share the offset of their neighbour, in either header order. */
+static void t_zero_size(void)
+{
+    const char *orders[2] = {
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+        "\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}",
+        "{\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]},"
+        "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}"};
+    for (int i = 0; i < 2; i++) {
+        lm_st_file f;
+        const char *path = mkfile(i ? "z1.st" : "z0.st", orders[i], 4);
+        LM_CHECK(lm_st_file_open(&f, path, 0) == 0, "order %d: %s", i, lm_error());
+        lm_st_file_close(&f);
+    }
+}
+
 /* A 4 GiB tensor in a sparse file: reading the small tensor beside it must not read it. */
 static void t_lazy_subset(void)
 {
@@ -337,6 +353,7 @@ static const lm_test_case cases[] = {
     {"roundtrip_all_dtypes", t_roundtrip_all_dtypes},
     {"bad_headers", t_bad_headers},
     {"lazy_subset", t_lazy_subset},
+    {"zero_size_tensors", t_zero_size},
     {0},
 };
 

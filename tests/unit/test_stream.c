@@ -135,6 +135,29 @@ static void t_concatenated(void)
     free(all);
 }
 
+/* Skippable zstd frames may sit between records of either kind. */
+static void t_skippable(void)
+{
+    write_stream(tpath("s1.lmt"), 0, 1, LM_W_RAW);
+    write_stream(tpath("s2.lmt"), 1, 1, 0);
+    size_t l1, l2;
+    char *a = lm_tu_slurp(tpath("s1.lmt"), &l1), *b = lm_tu_slurp(tpath("s2.lmt"), &l2);
+    unsigned char skip[12] = {0x50, 0x2A, 0x4D, 0x18, 4, 0, 0, 0, 'n', 'o', 't', 'e'};
+    char *all = malloc(l1 + l2 + 3 * sizeof skip), *p = all;
+    memcpy(p, skip, sizeof skip), p += sizeof skip;
+    memcpy(p, a, l1), p += l1;
+    memcpy(p, skip, sizeof skip), p += sizeof skip;
+    memcpy(p, b, l2), p += l2;
+    memcpy(p, skip, sizeof skip), p += sizeof skip;
+    lm_tu_write(tpath("skip.lmt"), all, (size_t)(p - all));
+    int mm;
+    LM_CHECK(read_check(tpath("skip.lmt"), 0, &mm) == 2 && mm == 0, "skippable frames: %s",
+             lm_error());
+    free(a);
+    free(b);
+    free(all);
+}
+
 static void t_empty(void)
 {
     int mm;
@@ -405,6 +428,7 @@ static const lm_test_case cases[] = {
     {"many_records", t_many_records},
     {"concatenated", t_concatenated},
     {"empty_and_missing", t_empty},
+    {"skippable_frames", t_skippable},
     {"truncation_zstd", t_truncation_zstd},
     {"truncation_raw", t_truncation_raw},
     {"corruption", t_corruption},
