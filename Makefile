@@ -103,13 +103,15 @@ $(LIBKERN): $(KERN_OBJS)
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
 
-LINK_LIBS = $(LIBCOMMON) $(LIBKERN)
+# The two libraries call each other (errors, device discovery): link them as a group.
+LINK_LIBS = -Wl,--start-group $(LIBCOMMON) $(LIBKERN) -Wl,--end-group
+LINK_DEPS = $(LIBCOMMON) $(LIBKERN)
 
-$(BUILD)/bin/%: $(BUILD)/obj/tools/%.o $(LINK_LIBS)
+$(BUILD)/bin/%: $(BUILD)/obj/tools/%.o $(LINK_DEPS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< $(LINK_LIBS) $(LDLIBS_ALL)
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(THELP_OBJ) $(LINK_LIBS)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(THELP_OBJ) $(LINK_DEPS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< $(THELP_OBJ) $(LINK_LIBS) $(LDLIBS_ALL)
 

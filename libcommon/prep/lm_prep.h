@@ -26,7 +26,7 @@ int lm_modality_parse(const char *s, lm_modality *out); /* "ct" "mr" "raw" */
 const char *lm_modality_name(lm_modality m);
 
 /* numpy.percentile(v, p) (linear interpolation) of n values; v is not modified. */
-double lm_percentile(const float *v, int64_t n, double p);
+double lm_percentile_f32(const float *v, int64_t n, double p);
 
 /* In place: CT -> clip to [window[0], window[1]] HU; MR -> clip to [0, percentile(pct)];
  * raw -> nothing; then min-max to [0,1]. Fails on non-finite voxels (names the first) and on a

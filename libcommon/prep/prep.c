@@ -57,7 +57,7 @@ static float select_kth(float *a, int64_t n, int64_t k)
     return a[k];
 }
 
-double lm_percentile(const float *v, int64_t n, double p)
+double lm_percentile_f32(const float *v, int64_t n, double p)
 {
     if (n <= 0)
         return NAN;
@@ -98,7 +98,7 @@ int lm_normalize(float *v, const int64_t dims[3], lm_modality m, const double wi
         hi = window[1];
     } else if (m == LM_MOD_MR) {
         lo = 0;
-        hi = lm_percentile(v, n, pct);
+        hi = lm_percentile_f32(v, n, pct);
     }
     double mn = INFINITY, mx = -INFINITY;
     for (int64_t i = 0; i < n; i++) {

@@ -14,7 +14,7 @@ check "fresh record from a NIfTI" [ "$rc" -eq 0 -a -s "$T/one.lmt" ]
 run lm-info "$T/one.lmt"
 check "added image is [1,1,D,H,W] F32" grep -q 'img .*F32  \[1,1,5,4,3\]' "$T/out"
 check "metadata set" grep -q '@pair = p1' "$T/out"
-check "history recorded" grep -q '@history = lm-cat -a' "$T/out"
+check "history recorded" grep -q '@history = lm-cat --new -a' "$T/out"
 
 lm-cat "$T/one.lmt" "$D/py_fixture.safetensors" "$T/one.lmt" >"$T/three.lmt"
 run lm-info -n "$T/three.lmt"

@@ -17,13 +17,13 @@ static void t_percentile(void)
 {
     float v[10] = {5, 1, 9, 3, 7, 2, 8, 4, 6, 0};
     /* numpy.percentile([0..9], p) = 9p/100 */
-    LM_CHECK_CLOSE(lm_percentile(v, 10, 95), 8.55, 1e-6, 0);
-    LM_CHECK_CLOSE(lm_percentile(v, 10, 50), 4.5, 1e-9, 0);
-    LM_CHECK_CLOSE(lm_percentile(v, 10, 100), 9, 0, 0);
-    LM_CHECK_CLOSE(lm_percentile(v, 10, 0), 0, 0, 0);
+    LM_CHECK_CLOSE(lm_percentile_f32(v, 10, 95), 8.55, 1e-6, 0);
+    LM_CHECK_CLOSE(lm_percentile_f32(v, 10, 50), 4.5, 1e-9, 0);
+    LM_CHECK_CLOSE(lm_percentile_f32(v, 10, 100), 9, 0, 0);
+    LM_CHECK_CLOSE(lm_percentile_f32(v, 10, 0), 0, 0, 0);
     LM_CHECK(v[0] == 5 && v[9] == 0, "input modified");
     float w[7] = {2, 2, 2, 1, 1, 3, 3};
-    LM_CHECK_CLOSE(lm_percentile(w, 7, 40), 2, 1e-9, 0);
+    LM_CHECK_CLOSE(lm_percentile_f32(w, 7, 40), 2, 1e-9, 0);
 }
 
 static void t_normalize(void)

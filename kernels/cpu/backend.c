@@ -1,0 +1,164 @@
+/* backend.c — the CPU reference backend's table: host memory as "device" memory, threads, and
+ * the op slots (implemented in the family files of this folder).
+ * Not here: any op maths.
+ */
+#include "cpu.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *cpu_alloc(lm_backend *be, size_t nbytes)
+{
+    (void)be;
+    return lm_cpu_scratch(nbytes);
+}
+
+static void cpu_free(lm_backend *be, void *p)
+{
+    (void)be;
+    free(p);
+}
+
+static int cpu_upload(lm_backend *be, void *dst, const void *src, size_t nbytes)
+{
+    (void)be;
+    if (nbytes)
+        memmove(dst, src, nbytes);
+    return 0;
+}
+
+static int cpu_download(lm_backend *be, void *dst, const void *src, size_t nbytes)
+{
+    (void)be;
+    if (nbytes)
+        memmove(dst, src, nbytes);
+    return 0;
+}
+
+static int cpu_sync(lm_backend *be)
+{
+    (void)be;
+    return 0;
+}
+
+static int cpu_set_threads(lm_backend *be, int n)
+{
+    (void)be;
+    if (n < 1)
+        return lm_error_set("cpu: thread count must be at least 1 (got %d)", n);
+    omp_set_num_threads(n);
+    openblas_set_num_threads(1); /* see lm_cpu_sgemm */
+    return 0;
+}
+
+void *lm_cpu_scratch(size_t nbytes)
+{
+    size_t sz = (nbytes + 63) / 64 * 64;
+    void *p = aligned_alloc(64, sz ? sz : 64);
+    if (!p)
+        lm_error_set("cpu: cannot allocate %zu bytes", nbytes);
+    return p;
+}
+
+void lm_cpu_scratch_free(void *p) { free(p); }
+
+const char *lm_cpu_dtype_name(lm_dtype dt)
+{
+    static const char *const names[LM_DTYPE_COUNT] = {
+        [LM_BOOL] = "BOOL", [LM_U8] = "U8",   [LM_I8] = "I8",     [LM_I16] = "I16",
+        [LM_U16] = "U16",   [LM_I32] = "I32", [LM_U32] = "U32",   [LM_I64] = "I64",
+        [LM_U64] = "U64",   [LM_F16] = "F16", [LM_BF16] = "BF16", [LM_F32] = "F32",
+        [LM_F64] = "F64"};
+    return (unsigned)dt < LM_DTYPE_COUNT ? names[dt] : "?";
+}
+
+#define TILE_M 256
+#define TILE_N 512
+#define SMALL_GEMM (1 << 22) /* M·N·K below which one call does it all */
+
+void lm_cpu_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                  const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                  int64_t ldc)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0) {
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++)
+                C[m * ldc + n] = beta == 0.0f ? 0.0f : beta * C[m * ldc + n];
+        return;
+    }
+    const enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
+    const enum CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
+    if ((double)M * N * K <= SMALL_GEMM || (M <= TILE_M && N <= TILE_N)) {
+        cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, alpha, A, (int)lda, B,
+                    (int)ldb, beta, C, (int)ldc);
+        return;
+    }
+    const int64_t tm = (M + TILE_M - 1) / TILE_M, tn = (N + TILE_N - 1) / TILE_N;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tm * tn; t++) {
+        int64_t m0 = (t / tn) * TILE_M, n0 = (t % tn) * TILE_N;
+        int64_t mb = M - m0 < TILE_M ? M - m0 : TILE_M, nb = N - n0 < TILE_N ? N - n0 : TILE_N;
+        const float *a = trans_a ? A + m0 : A + m0 * lda;
+        const float *b = trans_b ? B + n0 * ldb : B + n0;
+        cblas_sgemm(CblasRowMajor, ta, tb, (int)mb, (int)nb, (int)K, alpha, a, (int)lda, b,
+                    (int)ldb, beta, C + m0 * ldc + n0, (int)ldc);
+    }
+}
+
+double lm_cpu_sum_f32(const float *x, int64_t n)
+{
+    int64_t nch = (n + LM_CPU_CHUNK - 1) / LM_CPU_CHUNK;
+    double small[64];
+    double *part = nch <= 64 ? small : malloc((size_t)nch * sizeof *part);
+    double s = 0;
+    if (!part) { /* fall back to one serial pass: same chunk order, same bits */
+        for (int64_t c = 0; c < nch; c++) {
+            double p = 0;
+            for (int64_t i = c * LM_CPU_CHUNK; i < n && i < (c + 1) * LM_CPU_CHUNK; i++)
+                p += x[i];
+            s += p;
+        }
+        return s;
+    }
+#pragma omp parallel for schedule(static) if (n >= LM_CPU_PAR_MIN)
+    for (int64_t c = 0; c < nch; c++) {
+        double p = 0;
+        int64_t e = (c + 1) * LM_CPU_CHUNK < n ? (c + 1) * LM_CPU_CHUNK : n;
+        for (int64_t i = c * LM_CPU_CHUNK; i < e; i++)
+            p += x[i];
+        part[c] = p;
+    }
+    for (int64_t c = 0; c < nch; c++)
+        s += part[c];
+    if (part != small)
+        free(part);
+    return s;
+}
+
+static lm_backend cpu_backend = {
+    .name = "cpu",
+    .kind = LM_BACKEND_CPU,
+    .ctx = NULL,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .sync = cpu_sync,
+    .set_threads = cpu_set_threads,
+#define LM_OP(name, family, grad) .name = lm_cpu_##name,
+#include "ops.def"
+};
+
+lm_backend *lm_backend_cpu(void)
+{
+    static int once;
+    if (!once) { /* idempotent, so a race here is harmless */
+        openblas_set_num_threads(1);
+        once = 1;
+    }
+    return &cpu_backend;
+}

@@ -1,0 +1,159 @@
+/* test_conv3d.c — conv3d k3 p1, stride 1 and 2: values against a direct double loop,
+ * finite-difference gradients of x, w, b, odd sizes (prime dims, size-1 axes), an encoder
+ * shape at reduced scale, and bit identity for 1 and 2 threads. */
+#include "kt.h"
+
+static double ref_at(const float *x, const float *w, const float *b, const lm_conv3d_args *a,
+                     int co, int64_t z, int64_t y, int64_t xx)
+{
+    double s = b ? b[co] : 0;
+    for (int ci = 0; ci < a->Cin; ci++)
+        for (int kd = 0; kd < 3; kd++)
+            for (int kh = 0; kh < 3; kh++)
+                for (int kw = 0; kw < 3; kw++) {
+                    int64_t zi = z * a->stride - 1 + kd, yi = y * a->stride - 1 + kh,
+                            xi = xx * a->stride - 1 + kw;
+                    if (zi < 0 || zi >= a->D || yi < 0 || yi >= a->H || xi < 0 || xi >= a->W)
+                        continue;
+                    s += (double)w[((co * a->Cin + ci) * 27) + kd * 9 + kh * 3 + kw] *
+                         x[((ci * a->D + zi) * a->H + yi) * a->W + xi];
+                }
+    return s;
+}
+
+static void check_values(lm_conv3d_args a, int bias)
+{
+    KT_COVER(conv3d_fwd);
+    int64_t Do = (a.D - 1) / a.stride + 1, Ho = (a.H - 1) / a.stride + 1,
+            Wo = (a.W - 1) / a.stride + 1, nin = (int64_t)a.Cin * a.D * a.H * a.W;
+    float *x = kt_rand(nin, -1, 1, 1), *w = kt_rand((int64_t)a.Cout * a.Cin * 27, -1, 1, 2);
+    float *b = kt_rand(a.Cout, -1, 1, 3), *y = kt_rand(a.Cout * Do * Ho * Wo, -9, 9, 4);
+    KT_CALL(conv3d_fwd, y, x, w, bias ? b : NULL, &a);
+    for (int co = 0; co < a.Cout; co++)
+        for (int64_t z = 0; z < Do; z++)
+            for (int64_t yy = 0; yy < Ho; yy++)
+                for (int64_t xx = 0; xx < Wo; xx++)
+                    LM_CHECK_CLOSE(y[((co * Do + z) * Ho + yy) * Wo + xx],
+                                   ref_at(x, w, bias ? b : NULL, &a, co, z, yy, xx), 1e-5, 1e-5);
+    kt_free(x), kt_free(w), kt_free(b), kt_free(y);
+}
+
+static void t_values_odd(void)
+{
+    check_values((lm_conv3d_args){2, 3, 5, 3, 7, 1}, 1);
+    check_values((lm_conv3d_args){2, 3, 5, 3, 7, 2}, 1);
+    check_values((lm_conv3d_args){1, 1, 1, 1, 1, 1}, 1);
+    check_values((lm_conv3d_args){3, 2, 1, 4, 1, 2}, 0);
+    check_values((lm_conv3d_args){1, 8, 2, 2, 2, 2}, 0);
+}
+
+static void t_values_encoder_shape(void)
+{
+    /* conv1_2 of the encoder (8 -> 16, s2) at 1/4 of the abdomen grid */
+    check_values((lm_conv3d_args){8, 16, 24, 20, 24, 2}, 1);
+    /* S1 CBL (40 -> 8, s1) at reduced scale */
+    check_values((lm_conv3d_args){40, 8, 6, 5, 6, 1}, 1);
+}
+
+typedef struct {
+    float *y, *x, *w, *b, *r;
+    lm_conv3d_args a;
+    int64_t nout;
+} cctx;
+
+static double c_loss(void *p)
+{
+    cctx *c = p;
+    lm_backend *be = kt_be();
+    be->conv3d_fwd(be, c->y, c->x, c->w, c->b, &c->a);
+    return kt_dot(c->y, c->r, c->nout);
+}
+
+static void fd_case(lm_conv3d_args a)
+{
+    KT_COVER(conv3d_bwd);
+    int64_t Do = (a.D - 1) / a.stride + 1, Ho = (a.H - 1) / a.stride + 1,
+            Wo = (a.W - 1) / a.stride + 1, nin = (int64_t)a.Cin * a.D * a.H * a.W,
+            nw = (int64_t)a.Cout * a.Cin * 27, nout = a.Cout * Do * Ho * Wo;
+    cctx c = {kt_alloc(nout), kt_rand(nin, -1, 1, 1), kt_rand(nw, -1, 1, 2),
+              kt_rand(a.Cout, -1, 1, 3), kt_rand(nout, -1, 1, 4), a, nout};
+    float *dx = kt_alloc(nin), *dw = kt_alloc(nw), *db = kt_alloc(a.Cout);
+    KT_CALL(conv3d_bwd, dx, dw, db, c.r, c.x, c.w, &c.a);
+    char what[64];
+    snprintf(what, sizeof what, "conv3d s%d dx", a.stride);
+    kt_gradcheck(what, c.x, nin, dx, c_loss, &c, 1e-2, 1e-3);
+    snprintf(what, sizeof what, "conv3d s%d dw", a.stride);
+    kt_gradcheck(what, c.w, nw, dw, c_loss, &c, 1e-2, 1e-3);
+    snprintf(what, sizeof what, "conv3d s%d db", a.stride);
+    kt_gradcheck(what, c.b, a.Cout, db, c_loss, &c, 1e-2, 1e-3);
+    kt_free(c.y), kt_free(c.x), kt_free(c.w), kt_free(c.b), kt_free(c.r);
+    kt_free(dx), kt_free(dw), kt_free(db);
+}
+
+static void t_fd_s1(void) { fd_case((lm_conv3d_args){2, 3, 5, 3, 4, 1}); }
+static void t_fd_s2(void) { fd_case((lm_conv3d_args){2, 3, 5, 4, 7, 2}); }
+static void t_fd_size1(void) { fd_case((lm_conv3d_args){3, 2, 1, 5, 1, 1}); }
+
+typedef struct {
+    float *y, *x, *w, *b, *dy, *dx, *dw, *db;
+    lm_conv3d_args a;
+    int64_t nin, nw, nout;
+} tctx;
+
+static void thr_run(void *p)
+{
+    tctx *c = p;
+    lm_backend *be = kt_be();
+    be->conv3d_fwd(be, c->y, c->x, c->w, c->b, &c->a);
+    memset(c->dx, 0, (size_t)c->nin * 4);
+    memset(c->dw, 0, (size_t)c->nw * 4);
+    memset(c->db, 0, (size_t)c->a.Cout * 4);
+    be->conv3d_bwd(be, c->dx, c->dw, c->db, c->dy, c->x, c->w, &c->a);
+}
+
+static void t_threads(void)
+{
+    KT_COVER(conv3d_fwd);
+    KT_COVER(conv3d_bwd);
+    for (int s = 1; s <= 2; s++) {
+        lm_conv3d_args a = {16, 16, 24, 20, 24, s};
+        int64_t Do = (a.D - 1) / s + 1, Ho = (a.H - 1) / s + 1, Wo = (a.W - 1) / s + 1;
+        tctx c = {0};
+        c.a = a;
+        c.nin = (int64_t)a.Cin * a.D * a.H * a.W, c.nw = (int64_t)a.Cout * a.Cin * 27;
+        c.nout = a.Cout * Do * Ho * Wo;
+        c.y = kt_alloc(c.nout), c.x = kt_rand(c.nin, -1, 1, 1), c.w = kt_rand(c.nw, -1, 1, 2);
+        c.b = kt_rand(a.Cout, -1, 1, 3), c.dy = kt_rand(c.nout, -1, 1, 4);
+        c.dx = kt_alloc(c.nin), c.dw = kt_alloc(c.nw), c.db = kt_alloc(a.Cout);
+        kt_same_bits_1v2("conv3d y", thr_run, &c, c.y, (size_t)c.nout * 4);
+        kt_same_bits_1v2("conv3d dx", thr_run, &c, c.dx, (size_t)c.nin * 4);
+        kt_same_bits_1v2("conv3d dw", thr_run, &c, c.dw, (size_t)c.nw * 4);
+        kt_same_bits_1v2("conv3d db", thr_run, &c, c.db, (size_t)a.Cout * 4);
+        kt_free(c.y), kt_free(c.x), kt_free(c.w), kt_free(c.b), kt_free(c.dy);
+        kt_free(c.dx), kt_free(c.dw), kt_free(c.db);
+    }
+}
+
+static void t_bad_args(void)
+{
+    KT_COVER(conv3d_fwd);
+    lm_backend *be = kt_be();
+    float v[4] = {0};
+    lm_conv3d_args a = {1, 1, 1, 1, 1, 3};
+    LM_CHECK(be->conv3d_fwd(be, v, v, v, NULL, &a) < 0, "stride 3 accepted");
+    lm_conv3d_args z = {0, 1, 1, 1, 1, 1};
+    LM_CHECK(be->conv3d_fwd(be, v, v, v, NULL, &z) < 0, "Cin 0 accepted");
+}
+
+static const lm_test_case cases[] = {
+    {"conv3d_fwd odd sizes", t_values_odd},
+    {"conv3d_fwd encoder shapes", t_values_encoder_shape},
+    {"conv3d_bwd fd stride 1", t_fd_s1},
+    {"conv3d_bwd fd stride 2", t_fd_s2},
+    {"conv3d_bwd fd size-1 axes", t_fd_size1},
+    {"conv3d threads 1 vs 2", t_threads},
+    {"conv3d bad arguments", t_bad_args},
+    {0},
+};
+
+int main(int argc, char **argv) { return lm_test_run(argc, argv, cases); }

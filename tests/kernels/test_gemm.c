@@ -1,0 +1,241 @@
+/* test_gemm.c — linear layers (F32 and BF16 weights) and the batched GEMM: values against a
+ * double reference, finite-difference gradients, odd sizes, reduced real shapes, and the same
+ * bits with 1 and 2 threads. */
+#include "kt.h"
+
+static double ref_y(const float *x, const float *w, const float *b, int64_t K, int64_t m,
+                    int64_t n)
+{
+    double s = b ? b[n] : 0;
+    for (int64_t k = 0; k < K; k++)
+        s += (double)x[m * K + k] * w[n * K + k];
+    return s;
+}
+
+static void check_fwd(int64_t M, int64_t N, int64_t K, int bias, int accumulate)
+{
+    KT_COVER(gemm_fwd);
+    float *x = kt_rand(M * K, -1, 1, 1), *w = kt_rand(N * K, -1, 1, 2), *b = kt_rand(N, -1, 1, 3);
+    float *y = kt_rand(M * N, -1, 1, 4), *y0 = kt_copy(y, M * N);
+    lm_gemm_args a = {M, N, K, LM_F32, accumulate};
+    KT_CALL(gemm_fwd, y, x, w, bias ? b : NULL, &a);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            double want = ref_y(x, w, bias ? b : NULL, K, m, n) + (accumulate ? y0[m * N + n] : 0);
+            LM_CHECK_CLOSE(y[m * N + n], want, 1e-5 * (double)(K + 1), 1e-5);
+        }
+    kt_free(x), kt_free(w), kt_free(b), kt_free(y), kt_free(y0);
+}
+
+static void t_fwd_odd(void)
+{
+    check_fwd(7, 13, 5, 1, 0);
+    check_fwd(1, 1, 1, 1, 0);
+    check_fwd(3, 11, 1, 0, 0);
+    check_fwd(5, 3, 17, 1, 1);
+    check_fwd(2, 2, 0, 1, 0); /* K = 0: y = b */
+}
+
+static void t_fwd_adapter_shape(void)
+{
+    /* Adapter0a at reduced scale: L = 180 tokens, 64 -> 512 */
+    check_fwd(180, 512, 64, 1, 0);
+}
+
+static void t_fwd_bf16(void)
+{
+    KT_COVER(gemm_fwd);
+    const int64_t M = 3, N = 600, K = 17; /* N > one widening panel */
+    float *x = kt_rand(M * K, -1, 1, 1), *wf = kt_rand(N * K, -1, 1, 2), *b = kt_rand(N, -1, 1, 3);
+    uint16_t *wb = lm_backend_alloc(kt_be(), (size_t)(N * K) * 2);
+    KT_CALL(cast, wb, LM_BF16, wf, LM_F32, N * K);
+    KT_CALL(cast, wf, LM_F32, wb, LM_BF16, N * K); /* wf := widened bf16 */
+    float *y1 = kt_alloc(M * N), *y2 = kt_alloc(M * N);
+    lm_gemm_args af = {M, N, K, LM_F32, 0}, ab = {M, N, K, LM_BF16, 0};
+    KT_CALL(gemm_fwd, y1, x, wf, b, &af);
+    KT_CALL(gemm_fwd, y2, x, wb, b, &ab);
+    for (int64_t i = 0; i < M * N; i++)
+        LM_CHECK_CLOSE(y2[i], ref_y(x, wf, b, K, i / N, i % N), 2e-5, 1e-5);
+    LM_CHECK(kt_max_abs_diff(y1, y2, M * N) <= 1e-5, "bf16 and widened f32 paths differ");
+    /* dW of a BF16 (frozen) weight is refused */
+    lm_backend *be = kt_be();
+    float *dw = kt_alloc(N * K);
+    LM_CHECK(be->gemm_bwd(be, NULL, dw, NULL, y1, x, wb, &ab) < 0, "dW of BF16 accepted");
+    lm_gemm_args bad = {M, N, K, LM_F16, 0};
+    LM_CHECK(be->gemm_fwd(be, y1, x, wb, b, &bad) < 0, "F16 weight accepted");
+    kt_free(x), kt_free(wf), kt_free(b), kt_free(wb), kt_free(y1), kt_free(y2), kt_free(dw);
+}
+
+typedef struct {
+    float *y, *x, *w, *b, *r;
+    lm_gemm_args a;
+} gctx;
+
+static double g_loss(void *p)
+{
+    gctx *c = p;
+    lm_backend *be = kt_be();
+    be->gemm_fwd(be, c->y, c->x, c->w, c->b, &c->a);
+    return kt_dot(c->y, c->r, c->a.M * c->a.N);
+}
+
+static void t_bwd_fd(void)
+{
+    KT_COVER(gemm_bwd);
+    const int64_t M = 5, N = 7, K = 3;
+    gctx c = {kt_alloc(M * N), kt_rand(M * K, -1, 1, 1), kt_rand(N * K, -1, 1, 2),
+              kt_rand(N, -1, 1, 3), kt_rand(M * N, -1, 1, 4), {M, N, K, LM_F32, 0}};
+    float *dx = kt_alloc(M * K), *dw = kt_alloc(N * K), *db = kt_alloc(N);
+    KT_CALL(gemm_bwd, dx, dw, db, c.r, c.x, c.w, &c.a);
+    kt_gradcheck("gemm dx", c.x, M * K, dx, g_loss, &c, 1e-2, 1e-3);
+    kt_gradcheck("gemm dw", c.w, N * K, dw, g_loss, &c, 1e-2, 1e-3);
+    kt_gradcheck("gemm db", c.b, N, db, g_loss, &c, 1e-2, 1e-3);
+    /* accumulation: a second call adds the same again */
+    float *dx2 = kt_copy(dx, M * K);
+    KT_CALL(gemm_bwd, dx2, NULL, NULL, c.r, c.x, c.w, &c.a);
+    for (int64_t i = 0; i < M * K; i++)
+        LM_CHECK_CLOSE(dx2[i], 2.0 * dx[i], 1e-6, 1e-6);
+    kt_free(c.y), kt_free(c.x), kt_free(c.w), kt_free(c.b), kt_free(c.r);
+    kt_free(dx), kt_free(dw), kt_free(db), kt_free(dx2);
+}
+
+static void t_bwd_bf16_dx(void)
+{
+    KT_COVER(gemm_bwd);
+    const int64_t M = 4, N = 520, K = 3;
+    float *wf = kt_rand(N * K, -1, 1, 2), *dy = kt_rand(M * N, -1, 1, 4), *x = kt_rand(M * K, -1, 1, 1);
+    uint16_t *wb = lm_backend_alloc(kt_be(), (size_t)(N * K) * 2);
+    KT_CALL(cast, wb, LM_BF16, wf, LM_F32, N * K);
+    KT_CALL(cast, wf, LM_F32, wb, LM_BF16, N * K);
+    float *d1 = kt_alloc(M * K), *d2 = kt_alloc(M * K);
+    lm_gemm_args af = {M, N, K, LM_F32, 0}, ab = {M, N, K, LM_BF16, 0};
+    KT_CALL(gemm_bwd, d1, NULL, NULL, dy, x, wf, &af);
+    KT_CALL(gemm_bwd, d2, NULL, NULL, dy, x, wb, &ab);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < K; k++) {
+            double s = 0;
+            for (int64_t n = 0; n < N; n++)
+                s += (double)dy[m * N + n] * wf[n * K + k];
+            LM_CHECK_CLOSE(d2[m * K + k], s, 1e-4, 1e-5);
+        }
+    LM_CHECK(kt_max_abs_diff(d1, d2, M * K) <= 1e-4, "bf16 dx differs from f32 dx");
+    kt_free(wf), kt_free(dy), kt_free(x), kt_free(wb), kt_free(d1), kt_free(d2);
+}
+
+/* ---- batched ---- */
+static double bat_ref(const float *A, const float *B, const lm_gemm_batched_args *a, int64_t i,
+                      int64_t m, int64_t n)
+{
+    double s = 0;
+    for (int64_t k = 0; k < a->K; k++) {
+        double av = a->trans_a ? A[i * a->stride_a + k * a->lda + m] : A[i * a->stride_a + m * a->lda + k];
+        double bv = a->trans_b ? B[i * a->stride_b + n * a->ldb + k] : B[i * a->stride_b + k * a->ldb + n];
+        s += av * bv;
+    }
+    return s;
+}
+
+static void t_batched_values(void)
+{
+    KT_COVER(gemm_batched);
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            const int64_t bt = 3, M = 5, N = 7, K = 4;
+            lm_gemm_batched_args a = {bt, M, N, K, ta, tb, 0.5f, 0.25f,
+                                      (ta ? M : K) + 2, (tb ? K : N) + 1, N + 3, 0, 0, 0};
+            a.stride_a = (ta ? K : M) * a.lda + 1;
+            a.stride_b = (tb ? N : K) * a.ldb;
+            a.stride_c = M * a.ldc + 5;
+            float *A = kt_rand(bt * a.stride_a, -1, 1, 1), *B = kt_rand(bt * a.stride_b, -1, 1, 2);
+            float *C = kt_rand(bt * a.stride_c, -1, 1, 3), *C0 = kt_copy(C, bt * a.stride_c);
+            KT_CALL(gemm_batched, C, A, B, &a);
+            for (int64_t i = 0; i < bt; i++)
+                for (int64_t m = 0; m < M; m++)
+                    for (int64_t n = 0; n < N; n++) {
+                        int64_t o = i * a.stride_c + m * a.ldc + n;
+                        LM_CHECK_CLOSE(C[o], 0.5 * bat_ref(A, B, &a, i, m, n) + 0.25 * C0[o], 1e-5,
+                                       1e-5);
+                    }
+            /* padding between rows is untouched */
+            LM_CHECK(C[a.ldc - 1] == C0[a.ldc - 1], "ldc padding written");
+            kt_free(A), kt_free(B), kt_free(C), kt_free(C0);
+        }
+}
+
+typedef struct {
+    float *A, *B, *C, *r;
+    lm_gemm_batched_args a;
+} bctx;
+
+static double b_loss(void *p)
+{
+    bctx *c = p;
+    lm_backend *be = kt_be();
+    be->gemm_batched(be, c->C, c->A, c->B, &c->a);
+    return kt_dot(c->C, c->r, c->a.batch * c->a.stride_c);
+}
+
+static void t_batched_adjoint_fd(void)
+{
+    KT_COVER(gemm_batched);
+    /* C = A·Bᵀ (the attention score shape); dA = dC·B and dB = dCᵀ·A are batched GEMMs too */
+    const int64_t bt = 2, M = 3, N = 5, K = 4;
+    bctx c = {kt_rand(bt * M * K, -1, 1, 1), kt_rand(bt * N * K, -1, 1, 2), kt_alloc(bt * M * N),
+              kt_rand(bt * M * N, -1, 1, 3),
+              {bt, M, N, K, 0, 1, 1.0f, 0.0f, K, K, N, M * K, N * K, M * N}};
+    float *dA = kt_alloc(bt * M * K), *dB = kt_alloc(bt * N * K);
+    lm_gemm_batched_args da = {bt, M, K, N, 0, 0, 1.0f, 0.0f, N, K, K, M * N, N * K, M * K};
+    lm_gemm_batched_args db = {bt, N, K, M, 1, 0, 1.0f, 0.0f, N, K, K, M * N, M * K, N * K};
+    KT_CALL(gemm_batched, dA, c.r, c.B, &da);
+    KT_CALL(gemm_batched, dB, c.r, c.A, &db);
+    kt_gradcheck("batched dA", c.A, bt * M * K, dA, b_loss, &c, 1e-2, 1e-3);
+    kt_gradcheck("batched dB", c.B, bt * N * K, dB, b_loss, &c, 1e-2, 1e-3);
+    kt_free(c.A), kt_free(c.B), kt_free(c.C), kt_free(c.r), kt_free(dA), kt_free(dB);
+}
+
+typedef struct {
+    float *y, *x, *w, *b, *dx, *dw, *db, *dy;
+    lm_gemm_args a;
+} tctx;
+
+static void thr_run(void *p)
+{
+    tctx *c = p;
+    lm_backend *be = kt_be();
+    be->gemm_fwd(be, c->y, c->x, c->w, c->b, &c->a);
+    memset(c->dx, 0, (size_t)(c->a.M * c->a.K) * 4);
+    memset(c->dw, 0, (size_t)(c->a.N * c->a.K) * 4);
+    memset(c->db, 0, (size_t)c->a.N * 4);
+    be->gemm_bwd(be, c->dx, c->dw, c->db, c->dy, c->x, c->w, &c->a);
+}
+
+static void t_threads(void)
+{
+    KT_COVER(gemm_fwd);
+    KT_COVER(gemm_bwd);
+    const int64_t M = 180, N = 384, K = 256;
+    tctx c = {kt_alloc(M * N), kt_rand(M * K, -1, 1, 1), kt_rand(N * K, -1, 1, 2),
+              kt_rand(N, -1, 1, 3), kt_alloc(M * K), kt_alloc(N * K), kt_alloc(N),
+              kt_rand(M * N, -1, 1, 4), {M, N, K, LM_F32, 0}};
+    /* one buffer holding every output so one comparison covers all */
+    kt_same_bits_1v2("gemm y", thr_run, &c, c.y, (size_t)(M * N) * 4);
+    kt_same_bits_1v2("gemm dx", thr_run, &c, c.dx, (size_t)(M * K) * 4);
+    kt_same_bits_1v2("gemm dw", thr_run, &c, c.dw, (size_t)(N * K) * 4);
+    kt_same_bits_1v2("gemm db", thr_run, &c, c.db, (size_t)N * 4);
+    kt_free(c.y), kt_free(c.x), kt_free(c.w), kt_free(c.b), kt_free(c.dx), kt_free(c.dw);
+    kt_free(c.db), kt_free(c.dy);
+}
+
+static const lm_test_case cases[] = {
+    {"gemm_fwd odd sizes", t_fwd_odd},
+    {"gemm_fwd adapter shape", t_fwd_adapter_shape},
+    {"gemm_fwd bf16 weights", t_fwd_bf16},
+    {"gemm_bwd finite differences", t_bwd_fd},
+    {"gemm_bwd bf16 dx", t_bwd_bf16_dx},
+    {"gemm_batched values", t_batched_values},
+    {"gemm_batched adjoint fd", t_batched_adjoint_fd},
+    {"gemm threads 1 vs 2", t_threads},
+    {0},
+};
+
+int main(int argc, char **argv) { return lm_test_run(argc, argv, cases); }

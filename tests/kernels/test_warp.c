@@ -1,0 +1,288 @@
+/* test_warp.c — the spatial transformer (MODEL.md §17 items 2 and 3): identity, integer and
+ * half-voxel shifts, nearest warps that invent no labels (round half to even), the flow
+ * gradient against an fp64 central difference of an independent double reference (relative
+ * error < 1e-6), finite differences of every backward output, border padding, composition
+ * identities, and bit identity for 1 and 2 threads. */
+#include "kt.h"
+
+#define IDX(c, z, y, x) ((((int64_t)(c) * D + (z)) * H + (y)) * W + (x))
+
+/* flow with fractional parts in [0.15, 0.85] (away from cell boundaries, where the trilinear
+ * map has kinks) */
+static float *smooth_flow(int64_t N, double amp, uint64_t stream)
+{
+    float *f = kt_rand(3 * N, -amp, amp, stream);
+    for (int64_t i = 0; i < 3 * N; i++) {
+        double fl = floor(f[i]), fr = f[i] - fl;
+        if (fr < 0.15 || fr > 0.85)
+            f[i] = (float)(fl + 0.15 + 0.7 * (fr < 0.15 ? fr / 0.15 : (fr - 0.85) / 0.15));
+    }
+    return f;
+}
+
+static void t_identity_and_shifts(void)
+{
+    KT_COVER(warp_fwd);
+    const int C = 2, D = 4, H = 5, W = 3;
+    const int64_t N = (int64_t)D * H * W;
+    float *src = kt_rand(C * N, -1, 1, 1), *flow = kt_alloc(3 * N), *y = kt_alloc(C * N);
+    for (int pad = 0; pad < 2; pad++) {
+        lm_warp_args a = {C, D, H, W, pad};
+        KT_CALL(warp_fwd, y, src, flow, &a);
+        LM_CHECK(memcmp(y, src, (size_t)(C * N) * 4) == 0, "u = 0 not bit-exact (pad %d)", pad);
+    }
+    /* integer shift (1, -2, 0): zeros enter at the border */
+    for (int64_t i = 0; i < N; i++)
+        flow[i] = 1, flow[N + i] = -2, flow[2 * N + i] = 0;
+    lm_warp_args a = {C, D, H, W, LM_PAD_ZEROS};
+    KT_CALL(warp_fwd, y, src, flow, &a);
+    for (int c = 0; c < C; c++)
+        for (int z = 0; z < D; z++)
+            for (int yy = 0; yy < H; yy++)
+                for (int x = 0; x < W; x++) {
+                    int zs = z + 1, ys = yy - 2;
+                    float want = zs < D && ys >= 0 ? src[IDX(c, zs, ys, x)] : 0.0f;
+                    LM_CHECK(y[IDX(c, z, yy, x)] == want, "shift at %d,%d,%d", z, yy, x);
+                }
+    /* half-voxel shift along W: the mean of the two neighbours; the last one half-outside */
+    for (int64_t i = 0; i < N; i++)
+        flow[i] = 0, flow[N + i] = 0, flow[2 * N + i] = 0.5f;
+    KT_CALL(warp_fwd, y, src, flow, &a);
+    for (int c = 0; c < C; c++)
+        for (int z = 0; z < D; z++)
+            for (int yy = 0; yy < H; yy++)
+                for (int x = 0; x < W; x++) {
+                    double want = 0.5 * src[IDX(c, z, yy, x)] +
+                                  (x + 1 < W ? 0.5 * src[IDX(c, z, yy, x + 1)] : 0.0);
+                    LM_CHECK_CLOSE(y[IDX(c, z, yy, x)], want, 1e-7, 1e-7);
+                }
+    kt_free(src), kt_free(flow), kt_free(y);
+}
+
+static void t_nearest(void)
+{
+    KT_COVER(warp_nearest);
+    const int D = 6, H = 5, W = 7;
+    const int64_t N = (int64_t)D * H * W;
+    int32_t *lab = lm_backend_alloc(kt_be(), (size_t)N * 4), *out = lm_backend_alloc(kt_be(), (size_t)N * 4);
+    lm_rng r;
+    lm_rng_init(&r, lm_test_seed(), 9);
+    const int32_t vals[4] = {0, 5, 24, 60};
+    for (int64_t i = 0; i < N; i++)
+        lab[i] = vals[lm_rng_below(&r, 4)];
+    float *flow = kt_rand(3 * N, -2.5, 2.5, 3);
+    lm_warp_args a = {1, D, H, W, LM_PAD_ZEROS};
+    KT_CALL(warp_nearest, out, lab, flow, LM_I32, &a);
+    int newlab = 0;
+    for (int64_t i = 0; i < N; i++)
+        newlab += out[i] != 0 && out[i] != 5 && out[i] != 24 && out[i] != 60;
+    LM_CHECK(newlab == 0, "%d voxels got a label that was not there", newlab);
+    /* float path agrees; round half to even: q = x + 0.5 picks x for even x, x+1 for odd x */
+    float *labf = kt_alloc(N), *outf = kt_alloc(N);
+    KT_CALL(cast, labf, LM_F32, lab, LM_I32, N);
+    KT_CALL(warp_nearest, outf, labf, flow, LM_F32, &a);
+    for (int64_t i = 0; i < N; i++)
+        LM_CHECK(outf[i] == (float)out[i], "F32 and I32 paths differ at %lld", (long long)i);
+    for (int64_t i = 0; i < N; i++)
+        flow[i] = 0, flow[N + i] = 0, flow[2 * N + i] = 0.5f;
+    for (int64_t i = 0; i < N; i++)
+        labf[i] = (float)(i % W);
+    KT_CALL(warp_nearest, outf, labf, flow, LM_F32, &a);
+    for (int x = 0; x < W; x++) {
+        int want = x % 2 == 0 ? x : x + 1;
+        LM_CHECK(outf[x] == (want < W ? (float)want : 0.0f), "half-even at x=%d: %g", x, outf[x]);
+    }
+    lm_backend *be = kt_be();
+    lm_warp_args ab = {1, D, H, W, LM_PAD_BORDER};
+    LM_CHECK(be->warp_nearest(be, outf, labf, flow, LM_F32, &ab) < 0, "border nearest accepted");
+    kt_free(lab), kt_free(out), kt_free(flow), kt_free(labf), kt_free(outf);
+}
+
+/* an independent double trilinear sampler (zeros padding), written from MODEL.md §8 */
+static double ref_sample(const float *s, int D, int H, int W, double qz, double qy, double qx)
+{
+    double z0 = floor(qz), y0 = floor(qy), x0 = floor(qx), v = 0;
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++)
+            for (int e = 0; e < 2; e++) {
+                int z = (int)z0 + a, yy = (int)y0 + b, x = (int)x0 + e;
+                if (z < 0 || z >= D || yy < 0 || yy >= H || x < 0 || x >= W)
+                    continue;
+                double w = (a ? qz - z0 : 1 - (qz - z0)) * (b ? qy - y0 : 1 - (qy - y0)) *
+                           (e ? qx - x0 : 1 - (qx - x0));
+                v += w * s[(z * H + yy) * W + x];
+            }
+    return v;
+}
+
+static void t_flow_grad_fp64(void)
+{
+    KT_COVER(warp_bwd);
+    const int C = 2, D = 5, H = 4, W = 6;
+    const int64_t N = (int64_t)D * H * W;
+    float *src = kt_rand(C * N, -1, 1, 1), *flow = smooth_flow(N, 1.6, 2);
+    float *g = kt_rand(C * N, -1, 1, 3), *dflow = kt_alloc(3 * N);
+    lm_warp_args a = {C, D, H, W, LM_PAD_ZEROS};
+    KT_CALL(warp_bwd, NULL, dflow, g, src, flow, &a);
+    double worst = 0, scale = 0;
+    const double h = 1e-6;
+    for (int64_t p = 0; p < N; p++) {
+        int z = (int)(p / (H * W)), yy = (int)(p / W % H), x = (int)(p % W);
+        for (int d = 0; d < 3; d++) {
+            double q[3] = {z + (double)flow[p], yy + (double)flow[N + p], x + (double)flow[2 * N + p]};
+            double fd = 0;
+            for (int c = 0; c < C; c++) {
+                double qp[3] = {q[0], q[1], q[2]}, qm[3] = {q[0], q[1], q[2]};
+                qp[d] += h, qm[d] -= h;
+                fd += g[c * N + p] *
+                      (ref_sample(src + c * N, D, H, W, qp[0], qp[1], qp[2]) -
+                       ref_sample(src + c * N, D, H, W, qm[0], qm[1], qm[2])) / (2 * h);
+            }
+            double an = dflow[d * N + p];
+            double rel = fabs(an - fd) / (fabs(fd) > 1e-3 ? fabs(fd) : 1e-3);
+            worst = rel > worst ? rel : worst;
+            scale = fabs(fd) > scale ? fabs(fd) : scale;
+        }
+    }
+    LM_CHECK(worst < 1e-6, "flow gradient relative error %.3g >= 1e-6 (fp64 reference)", worst);
+    LM_CHECK(scale > 0.1, "degenerate test (gradient scale %g)", scale);
+    if (getenv("KT_VERBOSE"))
+        fprintf(stderr, "  warp dflow vs fp64 fd: max rel err %.3g\n", worst);
+    kt_free(src), kt_free(flow), kt_free(g), kt_free(dflow);
+}
+
+typedef struct {
+    float *src, *flow, *y, *r, *u;
+    lm_warp_args a;
+    int compose;
+    int64_t n;
+} wctx;
+
+static double w_loss(void *p)
+{
+    wctx *c = p;
+    if (c->compose) {
+        lm_vol_args v = {3, c->a.D, c->a.H, c->a.W};
+        KT_CALL(compose_fwd, c->y, c->flow, c->u, &v);
+    } else {
+        KT_CALL(warp_fwd, c->y, c->src, c->flow, &c->a);
+    }
+    return kt_dot(c->y, c->r, c->n);
+}
+
+static void t_warp_fd(void)
+{
+    KT_COVER(warp_bwd);
+    for (int pad = 0; pad < 2; pad++) {
+        const int C = 3, D = 3, H = 5, W = 4;
+        const int64_t N = (int64_t)D * H * W;
+        wctx c = {kt_rand(C * N, -1, 1, 1), smooth_flow(N, pad ? 2.4 : 1.6, 2), kt_alloc(C * N),
+                  kt_rand(C * N, -1, 1, 3), NULL, {C, D, H, W, pad}, 0, C * N};
+        if (pad) /* border: keep samples inside or well outside, off the clamp edges */
+            for (int64_t i = 0; i < 3 * N; i++)
+                if (fabs(c.flow[i]) > 1.0f && fabs(c.flow[i]) < 1.3f)
+                    c.flow[i] *= 2.0f;
+        float *ds = kt_alloc(C * N), *df = kt_alloc(3 * N);
+        KT_CALL(warp_bwd, ds, df, c.r, c.src, c.flow, &c.a);
+        kt_gradcheck(pad ? "warp border dsrc" : "warp dsrc", c.src, C * N, ds, w_loss, &c, 1e-2,
+                     1e-3);
+        kt_gradcheck(pad ? "warp border dflow" : "warp dflow", c.flow, 3 * N, df, w_loss, &c,
+                     1e-3, 1e-3);
+        kt_free(c.src), kt_free(c.flow), kt_free(c.y), kt_free(c.r), kt_free(ds), kt_free(df);
+    }
+}
+
+static void t_compose_identities(void)
+{
+    KT_COVER(compose_fwd);
+    const int D = 4, H = 3, W = 5;
+    const int64_t N = (int64_t)D * H * W;
+    lm_vol_args a = {3, D, H, W};
+    float *r = smooth_flow(N, 1.5, 1), *u = smooth_flow(N, 1.5, 2), *zero = kt_alloc(3 * N);
+    float *psi = kt_alloc(3 * N);
+    KT_CALL(compose_fwd, psi, r, zero, &a);
+    LM_CHECK(memcmp(psi, r, (size_t)(3 * N) * 4) == 0, "r + 0 != r");
+    KT_CALL(compose_fwd, psi, zero, u, &a);
+    LM_CHECK(memcmp(psi, u, (size_t)(3 * N) * 4) == 0, "0 + U != U");
+    /* two constant shifts: a + b = a + b (border padding samples the constant everywhere) */
+    const float sa[3] = {1.5f, -2.25f, 0.75f}, sb[3] = {-0.5f, 4.0f, 2.5f};
+    for (int d = 0; d < 3; d++)
+        for (int64_t i = 0; i < N; i++)
+            r[d * N + i] = sa[d], u[d * N + i] = sb[d];
+    KT_CALL(compose_fwd, psi, r, u, &a);
+    for (int d = 0; d < 3; d++)
+        for (int64_t i = 0; i < N; i++)
+            LM_CHECK(psi[d * N + i] == sa[d] + sb[d], "constant shifts, channel %d", d);
+    kt_free(r), kt_free(u), kt_free(zero), kt_free(psi);
+}
+
+static void t_compose_fd(void)
+{
+    KT_COVER(compose_bwd);
+    const int D = 4, H = 3, W = 5;
+    const int64_t N = (int64_t)D * H * W;
+    wctx c = {NULL, smooth_flow(N, 0.9, 1), kt_alloc(3 * N), kt_rand(3 * N, -1, 1, 3),
+              kt_rand(3 * N, -1, 1, 2), {3, D, H, W, LM_PAD_BORDER}, 1, 3 * N};
+    /* keep p + r strictly inside the grid (border clamps have zero derivative) */
+    for (int64_t p = 0; p < N; p++) {
+        int64_t pos[3] = {p / (H * W), p / W % H, p % W}, n[3] = {D, H, W};
+        for (int d = 0; d < 3; d++) {
+            double q = pos[d] + c.flow[d * N + p];
+            if (q < 0.1 || q > n[d] - 1.1)
+                c.flow[d * N + p] = (float)(pos[d] == 0 ? 0.35 : -0.35);
+        }
+    }
+    float *dr = kt_alloc(3 * N), *du = kt_alloc(3 * N);
+    lm_vol_args a = {3, D, H, W};
+    KT_CALL(compose_bwd, dr, du, c.r, c.flow, c.u, &a);
+    kt_gradcheck("compose dr", c.flow, 3 * N, dr, w_loss, &c, 1e-3, 1e-3);
+    kt_gradcheck("compose du", c.u, 3 * N, du, w_loss, &c, 1e-2, 1e-3);
+    kt_free(c.flow), kt_free(c.y), kt_free(c.r), kt_free(c.u), kt_free(dr), kt_free(du);
+}
+
+typedef struct {
+    float *src, *flow, *y, *g, *ds, *df, *psi;
+    lm_warp_args a;
+    int64_t N;
+} tctx;
+
+static void thr_run(void *p)
+{
+    tctx *c = p;
+    lm_vol_args v = {3, c->a.D, c->a.H, c->a.W};
+    memset(c->ds, 0, (size_t)(3 * c->N) * 4);
+    memset(c->df, 0, (size_t)(3 * c->N) * 4);
+    KT_CALL(warp_fwd, c->y, c->src, c->flow, &c->a);
+    KT_CALL(warp_bwd, c->ds, c->df, c->g, c->src, c->flow, &c->a);
+    KT_CALL(compose_fwd, c->psi, c->flow, c->src, &v);
+    KT_CALL(compose_bwd, c->df, c->ds, c->g, c->flow, c->src, &v);
+}
+
+static void t_threads(void)
+{
+    KT_COVER(warp_fwd);
+    const int D = 24, H = 20, W = 24;
+    const int64_t N = (int64_t)D * H * W;
+    tctx c = {kt_rand(3 * N, -1, 1, 1), kt_rand(3 * N, -3, 3, 2), kt_alloc(3 * N),
+              kt_rand(3 * N, -1, 1, 3), kt_alloc(3 * N), kt_alloc(3 * N), kt_alloc(3 * N),
+              {3, D, H, W, LM_PAD_ZEROS}, N};
+    kt_same_bits_1v2("warp y", thr_run, &c, c.y, (size_t)(3 * N) * 4);
+    kt_same_bits_1v2("warp dsrc", thr_run, &c, c.ds, (size_t)(3 * N) * 4);
+    kt_same_bits_1v2("warp dflow", thr_run, &c, c.df, (size_t)(3 * N) * 4);
+    kt_same_bits_1v2("compose", thr_run, &c, c.psi, (size_t)(3 * N) * 4);
+    kt_free(c.src), kt_free(c.flow), kt_free(c.y), kt_free(c.g), kt_free(c.ds), kt_free(c.df);
+    kt_free(c.psi);
+}
+
+static const lm_test_case cases[] = {
+    {"warp identity and shifts (MODEL §17.2)", t_identity_and_shifts},
+    {"warp_nearest labels", t_nearest},
+    {"warp dflow vs fp64 reference", t_flow_grad_fp64},
+    {"warp_bwd fd zeros and border", t_warp_fd},
+    {"compose identities (MODEL §17.3)", t_compose_identities},
+    {"compose_bwd fd", t_compose_fd},
+    {"warp threads 1 vs 2", t_threads},
+    {0},
+};
+
+int main(int argc, char **argv) { return lm_test_run(argc, argv, cases); }
