@@ -55,6 +55,67 @@ static int warp_check(int C, int D, int H, int W, const char *what)
                 const int64_t p = (z * H + yy) * W + xx;
 #define VOXEL_LOOP_END }
 
+/* Zero padding, the common case, without the derivative bookkeeping of corners_at: the same
+ * weights, corner order and summation order, hence the same bits. */
+static void warp_fwd_zeros(float *y, const float *src, const float *flow, int64_t C, int64_t D,
+                           int64_t H, int64_t W)
+{
+    const int64_t N = D * H * W, HW = H * W;
+#pragma omp parallel for schedule(static) if (N >= 4096)
+    for (int64_t z = 0; z < D; z++)
+        for (int64_t yy = 0; yy < H; yy++)
+            for (int64_t xx = 0; xx < W; xx++) {
+                const int64_t p = (z * H + yy) * W + xx;
+                double qz = (double)z + (double)flow[p], qy = (double)yy + (double)flow[N + p],
+                       qx = (double)xx + (double)flow[2 * N + p];
+                if (!(qz > -1.0 && qz < (double)D && qy > -1.0 && qy < (double)H && qx > -1.0 &&
+                      qx < (double)W)) { /* every corner outside (NaN too) */
+                    for (int64_t c = 0; c < C; c++)
+                        y[c * N + p] = 0.0f;
+                    continue;
+                }
+                /* floor without a libm call: q > -1 here, so truncation is floor for q >= 0
+                 * and floor is -1 below 0 */
+                int64_t z0 = qz >= 0 ? (int64_t)qz : -1, y0 = qy >= 0 ? (int64_t)qy : -1,
+                        x0 = qx >= 0 ? (int64_t)qx : -1;
+                double tz = qz - (double)z0, ty = qy - (double)y0, tx = qx - (double)x0;
+                double wz0 = 1.0 - tz, wy0 = 1.0 - ty, wx0 = 1.0 - tx;
+                if (z0 >= 0 && z0 + 1 < D && y0 >= 0 && y0 + 1 < H && x0 >= 0 && x0 + 1 < W) {
+                    /* all eight corners inside */
+                    const double w00 = wz0 * wy0, w01 = wz0 * ty, w10 = tz * wy0, w11 = tz * ty;
+                    const int64_t o = z0 * HW + y0 * W + x0;
+                    for (int64_t c = 0; c < C; c++) {
+                        const float *b = src + c * N + o;
+                        double v = 0;
+                        v += w00 * wx0 * b[0];
+                        v += w00 * tx * b[1];
+                        v += w01 * wx0 * b[W];
+                        v += w01 * tx * b[W + 1];
+                        v += w10 * wx0 * b[HW];
+                        v += w10 * tx * b[HW + 1];
+                        v += w11 * wx0 * b[HW + W];
+                        v += w11 * tx * b[HW + W + 1];
+                        y[c * N + p] = (float)v;
+                    }
+                    continue;
+                }
+                double wz[2] = {wz0, tz}, wy[2] = {wy0, ty}, wx[2] = {wx0, tx};
+                int inz[2] = {z0 >= 0, z0 + 1 < D}, iny[2] = {y0 >= 0, y0 + 1 < H},
+                    inx[2] = {x0 >= 0, x0 + 1 < W};
+                for (int64_t c = 0; c < C; c++) {
+                    const float *sc = src + c * N;
+                    double v = 0;
+                    for (int a = 0; a < 2; a++)
+                        for (int b = 0; b < 2; b++)
+                            for (int e = 0; e < 2; e++)
+                                if (inz[a] && iny[b] && inx[e])
+                                    v += wz[a] * wy[b] * wx[e] *
+                                         sc[(z0 + a) * HW + (y0 + b) * W + (x0 + e)];
+                    y[c * N + p] = (float)v;
+                }
+            }
+}
+
 int lm_cpu_warp_fwd(lm_backend *be, float *y, const float *src, const float *flow,
                     const lm_warp_args *a)
 {
@@ -64,6 +125,10 @@ int lm_cpu_warp_fwd(lm_backend *be, float *y, const float *src, const float *flo
     LM_CPU_CHECK(a->padding == LM_PAD_ZEROS || a->padding == LM_PAD_BORDER,
                  "warp: unknown padding %d", a->padding);
     const int64_t D = a->D, H = a->H, W = a->W, N = D * H * W;
+    if (a->padding == LM_PAD_ZEROS) {
+        warp_fwd_zeros(y, src, flow, a->C, D, H, W);
+        return 0;
+    }
     VOXEL_LOOP_BEGIN
         corners k;
         corners_at(&k, z + (double)flow[p], yy + (double)flow[N + p], xx + (double)flow[2 * N + p],

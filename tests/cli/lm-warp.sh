@@ -1,0 +1,39 @@
+# CLI tests of lm-warp: stream mode on preprocessed pairs with an identity and a constant
+# field, NIfTI outputs, field export, and bad input (one line, exit 1, no output).
+. "$LM_SRCDIR/tests/lib/sh.sh"
+D=$LM_SRCDIR/tests/data
+
+run lm-warp --help
+check "help" [ "$rc" -eq 0 -a -s "$T/out" ]
+expect_fail "--seg without --flow" 2 "standalone" lm-warp --seg a.nii.gz
+expect_fail "two streams" 2 "at most one STREAM" lm-warp a.lmt b.lmt
+expect_fail "bad export name" 2 "neither a directory" lm-warp --export-field x.txt a.lmt
+expect_fail "missing stream" 1 "^lm-warp: $T/no.lmt: No such file or directory$" lm-warp "$T/no.lmt" -o "$T/x.lmt"
+lm-cat --new -a moving=$D/warp_a_moving.nii.gz -o "$T/noflow.lmt"
+expect_fail "no flow on the grid" 1 "record 1: no flow or flow_full on moving's grid" \
+    lm-warp "$T/noflow.lmt" -o "$T/x.lmt"
+head -c 300 "$T/noflow.lmt" >"$T/cut.lmt"
+expect_fail "truncated stream" 1 "truncated" lm-warp "$T/cut.lmt" -o "$T/x.lmt"
+check "no output after failures" [ ! -e "$T/x.lmt" ]
+
+# Standalone, then the same as a stream: identical results.
+run lm-warp -q --flow $D/warp_a_flow.nii.gz --seg $D/warp_a_seg.nii.gz -o "$T/w.nii.gz" $D/warp_a_moving.nii.gz
+check "standalone NIfTI output" [ "$rc" -eq 0 -a -s "$T/w.nii.gz" -a -s "$T/w_seg.nii.gz" ]
+run lm-warp -q --flow $D/warp_a_flow.nii.gz -o "$T/w.lmt" $D/warp_a_moving.nii.gz
+run lm-info "$T/w.lmt"
+check "standalone stream output has warped and flow" grep -q 'warped .*F32' "$T/out"
+mkdir "$T/dir"
+lm-warp -q "$T/w.lmt" -o "$T/dir" --export-field "$T/dir"
+check "directory outputs" [ -s "$T/dir/warp_a_moving_warped.nii.gz" -a -s "$T/dir/warp_a_moving_field.nii.gz" ]
+run lm-info "$T/dir/warp_a_moving_field.nii.gz"
+check "exported field is a 3-vector per voxel" grep -q 'shape \[3,32,32,20\]' "$T/out"
+cat "$T/w.lmt" "$T/w.lmt" >"$T/two.lmt"
+expect_fail "one NIfTI name for several records" 1 "several records" lm-warp "$T/two.lmt" -o "$T/two.nii.gz"
+run lm-warp -q --labels-linear --flow $D/warp_a_flow.nii.gz --seg $D/warp_a_seg.nii.gz -o "$T/ll.nii.gz" $D/warp_a_moving.nii.gz
+check "--labels-linear" [ "$rc" -eq 0 -a -s "$T/ll_seg.nii.gz" ]
+run lm-info "$T/ll_seg.nii.gz"
+check "--labels-linear keeps the label set" grep -q 'max 3 ' "$T/out"
+expect_fail "field grid differs from the image" 1 "differs from the field" \
+    lm-warp --flow $D/warp_a_flow.nii.gz -o "$T/x.nii.gz" $D/nifti2_small.nii.gz
+check "still no output" [ ! -e "$T/x.nii.gz" ]
+finish
