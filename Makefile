@@ -9,6 +9,7 @@
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
 .SUFFIXES:
+.SECONDARY:
 
 BUILD   ?= build
 PREFIX  ?= /usr/local
