@@ -276,19 +276,6 @@ static int put_labels(lm_record *rec, const char *name, lm_tensor *t, const int6
     return put_volume(rec, name, &c, dims);
 }
 
-static char *json_doubles(const double *v, int n)
-{
-    char *s = malloc((size_t)n * 26 + 3), *p = s;
-    if (!s)
-        return NULL;
-    *p++ = '[';
-    for (int i = 0; i < n; i++)
-        p += sprintf(p, "%s%.17g", i ? "," : "", v[i] == 0 ? 0.0 : v[i]);
-    *p++ = ']';
-    *p = '\0';
-    return s;
-}
-
 static int process(const pair_t *pr, lm_record *rec, int argc, char **argv)
 {
     lm_tensor img[2] = {{0}}, seg[2] = {{0}}, out;
@@ -322,6 +309,16 @@ static int process(const pair_t *pr, lm_record *rec, int argc, char **argv)
             lm_tensor_free(&out);
             goto done;
         }
+        int any = 0;
+        for (int64_t v = 0; v < lm_tensor_numel(&out) && !any; v++)
+            any = ((const float *)out.data)[v] != 0.0f;
+        if (!any) {
+            lm_tensor_free(&out);
+            lm_error_set("%s: the %s image does not overlap the target grid in world space%s",
+                         pr->f[i], names[i],
+                         i == 0 && !cfg.align ? " (different scanners? try --align-centres)" : "");
+            goto done;
+        }
         if (cfg.half) {
             lm_grid hg;
             lm_tensor pooled;
@@ -351,29 +348,27 @@ static int process(const pair_t *pr, lm_record *rec, int argc, char **argv)
     /* Metadata: geometry of the full-resolution target grid, modalities, labels. */
     double sp[3], shape[3] = {(double)tg.dims[0], (double)tg.dims[1], (double)tg.dims[2]};
     lm_grid_spacing(&tg, sp);
-    char *aff = json_doubles(tg.affine, 16), *sps = json_doubles(sp, 3),
-         *shp = json_doubles(shape, 3);
-    int err = !aff || !sps || !shp;
-    err = err || lm_record_meta_set(rec, "pair", pr->id) < 0;
-    err = err || lm_record_meta_set(rec, "affine", aff) < 0;
-    err = err || lm_record_meta_set(rec, "spacing", sps) < 0;
-    err = err || lm_record_meta_set(rec, "full_shape", shp) < 0;
+    int err = lm_record_meta_set(rec, "pair", pr->id) < 0;
+    err = err || lm_record_meta_set_doubles(rec, "affine", tg.affine, 16) < 0;
+    err = err || lm_record_meta_set_doubles(rec, "spacing", sp, 3) < 0;
+    err = err || lm_record_meta_set_doubles(rec, "full_shape", shape, 3) < 0;
     err = err || lm_record_meta_set(rec, "modality_moving", lm_modality_name(cfg.mod_m)) < 0;
     err = err || lm_record_meta_set(rec, "modality_fixed", lm_modality_name(cfg.mod_f)) < 0;
     if (cfg.half)
         err = err || lm_record_meta_set(rec, "half", "true") < 0;
     if (cfg.align)
         err = err || lm_record_meta_set(rec, "align", "centres") < 0;
-    free(aff);
-    free(sps);
-    free(shp);
     if (!err && (seg[0].data || seg[1].data)) {
         long ids[256];
         double d[256];
         int k = 0;
-        if (cfg.nkeep) {
-            for (int i = 0; i < cfg.nkeep; i++)
-                d[k++] = (double)cfg.keep[i];
+        if (cfg.nkeep) { /* the maps hold 1..K; the source ids are kept for provenance */
+            double src[256];
+            for (int i = 0; i < cfg.nkeep; i++) {
+                d[k++] = (double)(i + 1);
+                src[i] = (double)cfg.keep[i];
+            }
+            err = err || lm_record_meta_set_doubles(rec, "labels_source", src, cfg.nkeep) < 0;
         } else {
             for (int i = 0; i < 2; i++) {
                 lm_tensor *t = lm_record_get(rec, names[2 + i]);
@@ -401,9 +396,7 @@ static int process(const pair_t *pr, lm_record *rec, int argc, char **argv)
                     d[b - 1] = t;
                 }
         }
-        char *lab = json_doubles(d, k);
-        err = err || !lab || lm_record_meta_set(rec, "labels", lab) < 0;
-        free(lab);
+        err = err || lm_record_meta_set_doubles(rec, "labels", d, k) < 0;
     }
     if (err || lm_record_add_history(rec, argc, argv) < 0)
         goto done;
@@ -496,6 +489,8 @@ int main(int argc, char **argv)
     if (list) {
         if (nops)
             lm_usage_error("--pairs and file operands exclude each other");
+        if (pair_id)
+            lm_usage_error("--pair is for operands; --pairs takes ids from the list");
         if (read_pairs(list, &pairs, &npairs) < 0)
             lm_die(LM_EXIT_FAIL, "%s: %s", list, lm_error());
     } else {

@@ -166,7 +166,9 @@ static int warp_labels(lm_record *rec, const lm_tensor *src)
               *best = malloc((size_t)n * sizeof *best);
         int32_t *lab = o32.data;
         const int32_t *sv = s32.data;
-        rc = mask && prob && best && k <= 4096 ? 0 : lm_error_set("out of memory or too many labels");
+        rc = mask && prob && best && k >= 0 && k <= 4096
+                 ? 0
+                 : lm_error_set("out of memory, or more than 4096 labels");
         for (int j = -1; rc == 0 && j < k; j++) {
             int32_t v = j < 0 ? 0 : (int32_t)ids[j];
             for (int64_t i = 0; i < n; i++)
@@ -328,11 +330,14 @@ static int load_field(const char *path, lm_tensor *flow, lm_nifti_geom *g, int *
     }
     free(flow->name);
     flow->name = strdup("flow");
-    double aff[16];
-    if (lm_record_meta_doubles(&rec, "affine", aff, 16) == 16) {
-        int64_t C, d[3];
-        vol_dims(flow, &C, d);
-        lm_nifti_geom_from_affine(g, aff, d);
+    int64_t C, d[3];
+    vol_dims(flow, &C, d);
+    if (lm_record_meta_get(&rec, "affine")) { /* its own grid: full, or half of full_shape */
+        if (geom_for(&rec, d, g) < 0) {
+            lm_record_free(&rec);
+            lm_tensor_free(flow);
+            return lm_error_prefix("%s", path);
+        }
         *have_geom = 1;
     }
     lm_record_free(&rec);
@@ -356,13 +361,26 @@ static int standalone(lm_record *rec, const char *field, const char *moving, con
     const lm_tensor *f = lm_record_cget(rec, "flow");
     if (memcmp(img.shape, f->shape + 2, 3 * sizeof(int64_t))) {
         char a[64], b[64];
+        lm_shape_str(a, sizeof a, 3, img.shape);
         lm_tensor_free(&img);
-        return lm_error_set("%s: grid %s differs from the field's %s", moving,
-                            lm_shape_str(a, sizeof a, 3, img.shape),
+        return lm_error_set("%s: grid %s differs from the field's %s", moving, a,
                             lm_shape_str(b, sizeof b, 3, f->shape + 2));
     }
-    if (!have_geom)
+    /* 7. The same voxels must also be the same place: compare world grids. */
+    if (have_geom) {
+        lm_grid ga, gb;
+        memcpy(ga.dims, img.shape, sizeof ga.dims);
+        memcpy(gb.dims, img.shape, sizeof gb.dims);
+        memcpy(ga.affine, g.affine, sizeof ga.affine);
+        memcpy(gb.affine, gm.affine, sizeof gb.affine);
+        if (!lm_grid_same(&ga, &gb, 1e-3)) {
+            lm_tensor_free(&img);
+            return lm_error_set("%s: its voxel-to-world affine differs from the field's (resample "
+                                "it onto the fixed grid with lm-preprocess first)", moving);
+        }
+    } else {
         g = gm;
+    }
     int64_t shape[5] = {1, 1, img.shape[0], img.shape[1], img.shape[2]};
     lm_tensor v;
     lm_tensor_wrap(&v, "moving", LM_F32, 5, shape, img.data);
@@ -467,69 +485,93 @@ int main(int argc, char **argv)
         lm_die_error(nops ? argv[optind] : "stdin");
     }
     char msg[1200];
-    const char *where = "";
+    const char *where = field ? "" : lm_reader_name(r);
     long n = 0;
+    int single = nifti_out || (exp && !exp_dir); /* one record only */
+    char **seen = NULL;                          /* pair ids written into directories */
+    long nseen = 0;
     lm_progress prog;
     lm_progress_start(&prog, "warping", 0, "pairs");
-    for (;;) {
-        lm_record rec;
-        int rc;
-        if (field) {
-            rc = n ? 0 : standalone(&rec, field, argv[optind], seg) == 0 ? 1 : -1;
-            where = "";
-        } else {
-            rc = lm_reader_next(r, &rec);
-            where = lm_reader_name(r);
-        }
-        if (rc == 0)
-            break;
+    lm_record rec;
+    int rc = field ? (standalone(&rec, field, argv[optind], seg) == 0 ? 1 : -1)
+                   : lm_reader_next(r, &rec);
+    while (rc > 0) {
+        char base[1024], name[1100], tmp[64];
         n++;
-        if (rc > 0 && field && process(&rec, argc, argv) < 0)
-            rc = -1;
-        else if (rc > 0 && !field && process(&rec, argc, argv) < 0)
-            rc = lm_error_prefix("record %ld", n);
-        if (rc > 0 && nifti_out && n > 1)
-            rc = lm_error_set("-o %s names one NIfTI file but the stream has several records (give "
-                              "a directory)", out);
-        if (rc > 0) {
-            char base[1024], name[1100], tmp[64];
-            if (nifti_out) {
-                snprintf(base, sizeof base, "%s", out);
-            } else if (dir_out) {
-                snprintf(base, sizeof base, "%s/%s_warped.nii.gz", out,
-                         pair_name(&rec, n, tmp, sizeof tmp));
+        if (single && !field) { /* refuse before writing anything */
+            lm_record next;
+            int more = lm_reader_next(r, &next);
+            if (more > 0) {
+                lm_record_free(&next);
+                rc = lm_error_set("%s names one NIfTI file but the stream has several records "
+                                  "(give a directory)",
+                                  nifti_out ? "-o" : "--export-field");
+                break;
             }
-            if (nifti_out || dir_out) {
-                with_suffix(name, sizeof name, base, "_seg");
-                if (write_nifti(&rec, "warped", base) < 0 || write_nifti(&rec, "warped_seg", name) < 0)
-                    rc = -1;
-            } else if (lm_writer_put(w, &rec) < 0) {
-                rc = lm_error_prefix("%s", lm_writer_name(w));
-            }
-            if (rc > 0 && exp) {
-                if (exp_dir)
-                    snprintf(name, sizeof name, "%s/%s_field.nii.gz", exp,
-                             pair_name(&rec, n, tmp, sizeof tmp));
-                else
-                    snprintf(name, sizeof name, "%s", exp);
-                if (!exp_dir && n > 1)
-                    rc = lm_error_set("--export-field names one file but there are several "
-                                      "records (give a directory)");
-                else if (export_field(&rec, name) < 0)
-                    rc = -1;
+            if (more < 0) {
+                rc = -1;
+                break;
             }
         }
-        if (rc > 0)
-            lm_record_free(&rec);
-        if (rc < 0) {
-            snprintf(msg, sizeof msg, "%s%s%s", where, *where ? ": " : "", lm_error());
-            lm_writer_abort(w);
-            lm_reader_close(r);
-            lm_die(LM_EXIT_FAIL, "%s", msg);
-        }
-        lm_progress_update(&prog, n);
-        if (field)
+        if (process(&rec, argc, argv) < 0) {
+            rc = field ? -1 : lm_error_prefix("record %ld", n);
             break;
+        }
+        const char *id = pair_name(&rec, n, tmp, sizeof tmp);
+        if (dir_out || exp_dir) {
+            for (long i = 0; i < nseen; i++)
+                if (!strcmp(seen[i], id)) {
+                    rc = lm_error_set("record %ld: pair id '%s' appears twice; its files would "
+                                      "overwrite each other", n, id);
+                    break;
+                }
+            if (rc < 0)
+                break;
+            char **ns = realloc(seen, (size_t)(nseen + 1) * sizeof *seen);
+            if (!ns || !(ns[nseen] = strdup(id))) {
+                seen = ns ? ns : seen;
+                rc = lm_error_set("out of memory");
+                break;
+            }
+            seen = ns;
+            nseen++;
+        }
+        if (nifti_out || dir_out) {
+            if (nifti_out)
+                snprintf(base, sizeof base, "%s", out);
+            else
+                snprintf(base, sizeof base, "%s/%s_warped.nii.gz", out, id);
+            with_suffix(name, sizeof name, base, "_seg");
+            if (write_nifti(&rec, "warped", base) < 0 || write_nifti(&rec, "warped_seg", name) < 0) {
+                rc = -1;
+                break;
+            }
+        } else if (lm_writer_put(w, &rec) < 0) {
+            rc = lm_error_prefix("%s", lm_writer_name(w));
+            break;
+        }
+        if (exp) {
+            if (exp_dir)
+                snprintf(name, sizeof name, "%s/%s_field.nii.gz", exp, id);
+            else
+                snprintf(name, sizeof name, "%s", exp);
+            if (export_field(&rec, name) < 0) {
+                rc = -1;
+                break;
+            }
+        }
+        lm_record_free(&rec);
+        lm_progress_update(&prog, n);
+        rc = field ? 0 : lm_reader_next(r, &rec);
+    }
+    for (long i = 0; i < nseen; i++)
+        free(seen[i]);
+    free(seen);
+    if (rc < 0) {
+        snprintf(msg, sizeof msg, "%s%s%s", where, *where ? ": " : "", lm_error());
+        lm_writer_abort(w);
+        lm_reader_close(r);
+        lm_die(LM_EXIT_FAIL, "%s", msg);
     }
     lm_progress_end(&prog);
     lm_reader_close(r);

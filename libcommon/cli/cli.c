@@ -10,6 +10,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static const char *progname = "lm";
 int lm_verbose;
@@ -19,6 +22,16 @@ void lm_cli_init(const char *name)
     const char *slash = strrchr(name, '/');
     progname = slash ? slash + 1 : name;
     signal(SIGPIPE, SIG_IGN);
+    const char *th = getenv("LM_THREADS");
+    long n;
+    if (th && *th) {
+        if (lm_parse_long(th, 1, 4096, &n) < 0)
+            lm_warn("LM_THREADS='%s' is not a thread count; ignored", th);
+#ifdef _OPENMP
+        else
+            omp_set_num_threads((int)n);
+#endif
+    }
 }
 
 const char *lm_progname(void) { return progname; }
@@ -95,7 +108,7 @@ int lm_parse_double(const char *s, double lo, double hi, double *out)
     return 0;
 }
 
-static int split(const char *s, char sep, int cap, char parts[][64])
+static int split(const char *s, char sep, int cap, char (*parts)[64])
 {
     int n = 0;
     const char *p = s;
@@ -114,26 +127,34 @@ static int split(const char *s, char sep, int cap, char parts[][64])
 
 int lm_parse_long_list(const char *s, char sep, long lo, long hi, long *out, int *n)
 {
-    char parts[16][64];
-    int k = split(s ? s : "", sep, *n < 16 ? *n : 16, parts);
-    if (k < 0)
+    int cap = *n > 0 ? *n : 1;
+    char(*parts)[64] = malloc((size_t)cap * sizeof *parts);
+    if (!parts)
         return -1;
+    int k = split(s ? s : "", sep, cap, parts);
     for (int i = 0; i < k; i++)
         if (lm_parse_long(parts[i], lo, hi, &out[i]) < 0)
-            return -1;
+            k = -1;
+    free(parts);
+    if (k < 0)
+        return -1;
     *n = k;
     return 0;
 }
 
 int lm_parse_double_list(const char *s, char sep, double *out, int *n)
 {
-    char parts[16][64];
-    int k = split(s ? s : "", sep, *n < 16 ? *n : 16, parts);
-    if (k < 0)
+    int cap = *n > 0 ? *n : 1;
+    char(*parts)[64] = malloc((size_t)cap * sizeof *parts);
+    if (!parts)
         return -1;
+    int k = split(s ? s : "", sep, cap, parts);
     for (int i = 0; i < k; i++)
         if (lm_parse_double(parts[i], -HUGE_VAL, HUGE_VAL, &out[i]) < 0)
-            return -1;
+            k = -1;
+    free(parts);
+    if (k < 0)
+        return -1;
     *n = k;
     return 0;
 }

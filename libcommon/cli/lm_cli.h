@@ -16,7 +16,7 @@
 enum { LM_EXIT_OK = 0, LM_EXIT_FAIL = 1, LM_EXIT_USAGE = 2 };
 
 /* Sets the program name, ignores SIGPIPE (a closed pipe becomes a write error that is reported
- * in one line) and reads LM_THREADS. Call first in main(). */
+ * in one line) and applies LM_THREADS (OpenMP threads of the CPU backend). Call first. */
 void lm_cli_init(const char *progname);
 const char *lm_progname(void);
 extern int lm_verbose; /* -v count; -q sets it to -1 */

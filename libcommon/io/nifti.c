@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <nifti2_io.h>
+#include <znzlib.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -230,6 +231,35 @@ static int supported_type(int dt)
     }
 }
 
+/* The voxel data, read with znzlib rather than nifti_image_load, which silently replaces
+ * NaN and Inf by 0: a non-finite voxel must reach the tools, which refuse it by name. */
+static int load_data(nifti_image *nim)
+{
+    size_t n = (size_t)nim->nvox * (size_t)nim->nbyper;
+    void *buf = malloc(n ? n : 1);
+    if (!buf)
+        return lm_error_set("out of memory (%zu bytes of voxels)", n);
+    int saved = mute_stderr();
+    znzFile fp = znzopen(nim->iname, "rb", nifti_is_gzfile(nim->iname));
+    unmute_stderr(saved);
+    if (znz_isnull(fp)) {
+        free(buf);
+        return lm_error_set("cannot open the image data: %s", strerror(errno));
+    }
+    size_t k = 0;
+    if (znzseek(fp, (znz_off_t)nim->iname_offset, SEEK_SET) >= 0)
+        k = znzread(buf, 1, n, fp);
+    znzclose(fp);
+    if (k != n) {
+        free(buf);
+        return lm_error_set("truncated NIfTI data (%zu of %zu bytes)", k, n);
+    }
+    if (nim->byteorder != nifti_short_order() && nim->swapsize > 1)
+        nifti_swap_Nbytes(nim->nvox, nim->swapsize, buf);
+    nim->data = buf;
+    return 0;
+}
+
 int lm_nifti_read(const char *path, int mode, lm_tensor *t, lm_nifti_geom *g)
 {
     nifti_image *nim;
@@ -238,8 +268,12 @@ int lm_nifti_read(const char *path, int mode, lm_tensor *t, lm_nifti_geom *g)
     if (!g)
         g = &gl;
     raw_geom raw;
-    if (open_nim(path, 1, &nim, &raw) < 0)
+    if (open_nim(path, 0, &nim, &raw) < 0)
         return -1;
+    if (supported_type(nim->datatype) && load_data(nim) < 0) {
+        nifti_image_free(nim);
+        return -1;
+    }
     if (fill_geom(nim, &raw, g) < 0)
         goto fail;
     if (!supported_type(nim->datatype)) {

@@ -13,6 +13,7 @@ expect_fail "bad modality" 2 "not ct, mr or raw" lm-preprocess --modality-moving
 expect_fail "bad window" 2 "ct-window" lm-preprocess --ct-window 400,-180 a b
 expect_fail "bad shape" 2 "DxHxW" lm-preprocess --shape 96x80 a b
 expect_fail "crop-pad without shape" 2 "needs --shape" lm-preprocess --crop-pad a b
+expect_fail "--pair with --pairs" 2 "takes ids from the list" lm-preprocess --pair x --pairs l.tsv
 expect_fail "missing file" 1 "^lm-preprocess: $T/nope.nii.gz: No such file or directory$" \
     lm-preprocess "$T/nope.nii.gz" "$D/nifti2_small.nii.gz" -o "$T/x.lmt"
 check "no output after a missing file" [ ! -e "$T/x.lmt" ]
@@ -46,7 +47,14 @@ if have_shared; then
         "$S/example_ct_sm.nii.gz" "$S/example_seg_mr.nii.gz" "$S/example_seg.nii.gz" -o "$T/lab.lmt"
     run lm-info "$T/lab.lmt"
     check "--labels renumbers" grep -q 'fixed_seg .*max 4 ' "$T/out"
-    check "--labels recorded" grep -q '@labels = \[1,2,3,5\]' "$T/out"
+    check "--labels recorded" grep -q '@labels_source = \[1,2,3,5\]' "$T/out"
+    check "labels metadata names the values in the maps" grep -q '@labels = \[1,2,3,4\]' "$T/out"
+    expect_fail "no overlap in world space" 1 "does not overlap .*--align-centres" \
+        lm-preprocess --pad "$S/example_mr_sm.nii.gz" "$S/example_ct_sm.nii.gz" -o "$T/x.lmt"
+    ids=$(seq -s, 1 117)
+    run lm-preprocess -q --align-centres --pad --labels "$ids" "$S/example_mr_sm.nii.gz" \
+        "$S/example_ct_sm.nii.gz" "$S/example_seg_mr.nii.gz" "$S/example_seg.nii.gz" -o "$T/many.lmt"
+    check "--labels takes 117 ids" [ "$rc" -eq 0 ]
     expect_fail "label grid differs from image" 1 "label grid .* differs" \
         lm-preprocess --pad "$S/example_mr_sm.nii.gz" "$S/example_ct_sm.nii.gz" \
         "$S/example_seg.nii.gz" "$S/example_seg.nii.gz" -o "$T/x.lmt"

@@ -29,6 +29,9 @@ run lm-info "$T/dir/warp_a_moving_field.nii.gz"
 check "exported field is a 3-vector per voxel" grep -q 'shape \[3,32,32,20\]' "$T/out"
 cat "$T/w.lmt" "$T/w.lmt" >"$T/two.lmt"
 expect_fail "one NIfTI name for several records" 1 "several records" lm-warp "$T/two.lmt" -o "$T/two.nii.gz"
+check "nothing written for several records" [ ! -e "$T/two.nii.gz" -a ! -e "$T/two_seg.nii.gz" ]
+mkdir "$T/dup"
+expect_fail "duplicate pair ids into a directory" 1 "appears twice" lm-warp "$T/two.lmt" -o "$T/dup"
 run lm-warp -q --labels-linear --flow $D/warp_a_flow.nii.gz --seg $D/warp_a_seg.nii.gz -o "$T/ll.nii.gz" $D/warp_a_moving.nii.gz
 check "--labels-linear" [ "$rc" -eq 0 -a -s "$T/ll_seg.nii.gz" ]
 run lm-info "$T/ll_seg.nii.gz"

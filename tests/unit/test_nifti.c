@@ -241,6 +241,26 @@ static void t_reference_header(void)
     }
 }
 
+/* nifticlib's loader turns NaN into 0; ours must not (tools refuse non-finite voxels). */
+static void t_nan_kept(void)
+{
+    int64_t shape[3] = {3, 2, 2};
+    lm_tensor t, back;
+    lm_tensor_alloc(&t, "x", LM_F32, 3, shape);
+    ((float *)t.data)[5] = NAN;
+    ((float *)t.data)[7] = -INFINITY;
+    char path[1024];
+    for (int gz = 0; gz < 2; gz++) {
+        snprintf(path, sizeof path, "%s/nan%s", lm_test_tmpdir(), gz ? ".nii.gz" : ".nii");
+        LM_CHECK(lm_nifti_write(path, &t, NULL, 0) == 0, "%s", lm_error());
+        LM_CHECK(lm_nifti_read(path, LM_NII_F32, &back, NULL) == 0, "%s", lm_error());
+        LM_CHECK(isnan(((float *)back.data)[5]) && isinf(((float *)back.data)[7]),
+                 "non-finite voxels lost (gz=%d)", gz);
+        lm_tensor_free(&back);
+    }
+    lm_tensor_free(&t);
+}
+
 static void t_bad_input(void)
 {
     char path[1024];
@@ -281,6 +301,7 @@ static const lm_test_case cases[] = {
     {"labels", t_labels},
     {"roundtrip", t_roundtrip},
     {"reference_header", t_reference_header},
+    {"nan_kept", t_nan_kept},
     {"bad_input", t_bad_input},
     {0},
 };

@@ -71,6 +71,17 @@ static void t_case_a(void)
         compare(&again, &rl, 1e-5, "trilinear via the exported field");
         lm_tensor_free(&again);
     }
+    /* The same voxels 10 mm away are not on the field's grid: refused. */
+    const double shifted[16] = {1, 0, 0, 10, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1};
+    lm_nifti_geom g;
+    lm_nifti_geom_from_affine(&g, shifted, rl.shape);
+    char moved[1200];
+    snprintf(moved, sizeof moved, "%s/moved.nii.gz", tmp);
+    LM_CHECK(lm_nifti_write(moved, &rl, &g, 0) == 0, "%s", lm_error());
+    snprintf(cmd, sizeof cmd, "%s/bin/lm-warp -q --flow %s/warp_a_flow.nii.gz -o %s/no.nii.gz %s "
+             "2>/dev/null", bin, data, tmp, moved);
+    int st = system(cmd);
+    LM_CHECK(st != 0, "an image on another world grid was accepted");
     lm_tensor_free(&lin);
     lm_tensor_free(&near);
     lm_tensor_free(&rl);
