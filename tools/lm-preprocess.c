@@ -264,7 +264,8 @@ static int put_labels(lm_record *rec, const char *name, lm_tensor *t, const int6
 {
     int32_t mx = 0, mn = 0;
     const int32_t *v = t->data;
-    for (int64_t i = 0; i < lm_tensor_numel(t); i++) {
+    const int64_t nv = lm_tensor_numel(t);
+    for (int64_t i = 0; i < nv; i++) {
         mx = v[i] > mx ? v[i] : mx;
         mn = v[i] < mn ? v[i] : mn;
     }
@@ -310,7 +311,8 @@ static int process(const pair_t *pr, lm_record *rec, int argc, char **argv)
             goto done;
         }
         int any = 0;
-        for (int64_t v = 0; v < lm_tensor_numel(&out) && !any; v++)
+        const int64_t nv = lm_tensor_numel(&out);
+        for (int64_t v = 0; v < nv && !any; v++)
             any = ((const float *)out.data)[v] != 0.0f;
         if (!any) {
             lm_tensor_free(&out);

@@ -73,7 +73,8 @@ static int check_field(const lm_tensor *f)
     if (f->dtype != LM_F32)
         return lm_error_set("%s must be F32, not %s", f->name, lm_dtype_name(f->dtype));
     const float *v = f->data;
-    for (int64_t i = 0; i < lm_tensor_numel(f); i++)
+    const int64_t n = lm_tensor_numel(f);
+    for (int64_t i = 0; i < n; i++)
         if (!isfinite(v[i]))
             return lm_error_set("%s has a non-finite value at element %lld", f->name,
                                 (long long)i);

@@ -14,6 +14,9 @@
 static char *slots[SLOTS];
 static int installed;
 static unsigned counter;
+static int durable = -1; /* -1: from LM_FSYNC */
+
+void lm_atomic_durable(int on) { durable = on; }
 
 static void on_signal(int sig)
 {
@@ -155,7 +158,9 @@ int lm_atomic_commit(FILE *fp, char *tmp, const char *path)
 {
     int err = 0;
     if (fp) {
-        if (fflush(fp) != 0 || fsync(fileno(fp)) != 0)
+        if (durable < 0)
+            durable = getenv("LM_FSYNC") && strcmp(getenv("LM_FSYNC"), "0") != 0;
+        if (fflush(fp) != 0 || (durable && fsync(fileno(fp)) != 0))
             err = errno ? errno : EIO;
         if (fclose(fp) != 0 && !err)
             err = errno ? errno : EIO;

@@ -15,7 +15,10 @@
 FILE *lm_atomic_open(const char *path, char **tmp);
 /* Reserves (creates empty) and registers a temporary name, for writers that open by name. */
 int lm_atomic_tmpname(const char *path, char **tmp);
-/* fflush + fsync + fclose (fp may be NULL when the file was written by name), then rename.
+/* Also fsync before the rename (for checkpoints: survive a power cut, not just a crash).
+ * Default: off, or on when LM_FSYNC is set to anything but 0. */
+void lm_atomic_durable(int on);
+/* fflush (+ fsync if durable) + fclose (fp may be NULL when written by name), then rename.
  * Frees tmp. Returns 0 or -1 (lm_error); on failure the temporary is removed. */
 int lm_atomic_commit(FILE *fp, char *tmp, const char *path);
 /* Closes (fp may be NULL), removes and frees the temporary. */

@@ -202,24 +202,6 @@ int lm_nifti_read_geom(const char *path, lm_nifti_geom *g)
     return rc;
 }
 
-static double raw_get(const nifti_image *nim, int64_t i)
-{
-    const unsigned char *p = (const unsigned char *)nim->data + (size_t)i * (size_t)nim->nbyper;
-    switch (nim->datatype) {
-    case DT_UINT8: return *p;
-    case DT_INT8: { int8_t v; memcpy(&v, p, 1); return v; }
-    case DT_INT16: { int16_t v; memcpy(&v, p, 2); return v; }
-    case DT_UINT16: { uint16_t v; memcpy(&v, p, 2); return v; }
-    case DT_INT32: { int32_t v; memcpy(&v, p, 4); return v; }
-    case DT_UINT32: { uint32_t v; memcpy(&v, p, 4); return v; }
-    case DT_INT64: { int64_t v; memcpy(&v, p, 8); return (double)v; }
-    case DT_UINT64: { uint64_t v; memcpy(&v, p, 8); return (double)v; }
-    case DT_FLOAT32: { float v; memcpy(&v, p, 4); return v; }
-    case DT_FLOAT64: { double v; memcpy(&v, p, 8); return v; }
-    default: return NAN;
-    }
-}
-
 static int supported_type(int dt)
 {
     switch (dt) {
@@ -288,26 +270,70 @@ int lm_nifti_read(const char *path, int mode, lm_tensor *t, lm_nifti_geom *g)
         goto fail;
     double slope = nim->scl_slope, inter = nim->scl_inter;
     int scale = slope != 0 && isfinite(slope) && isfinite(inter) && !(slope == 1 && inter == 0);
-    float *of = t->data;
-    int32_t *oi = t->data;
-    for (int64_t c = 0; c < C; c++)
+    const int64_t nvox = D * H * W;
+    /* Values first, in file order (one pass per datatype), then the axis transpose. */
+    double *val = malloc((size_t)nvox * sizeof *val);
+    if (!val) {
+        lm_error_set("out of memory");
+        goto fail;
+    }
+    for (int64_t c = 0; c < C; c++) {
+        const int64_t base = c * nvox;
+#define LM_CONVERT(T)                                                                             \
+    do {                                                                                          \
+        const T *src = (const T *)nim->data + base;                                               \
+        for (int64_t i = 0; i < nvox; i++) {                                                      \
+            T x;                                                                                  \
+            memcpy(&x, src + i, sizeof x);                                                        \
+            val[i] = (double)x;                                                                   \
+        }                                                                                         \
+    } while (0)
+        switch (nim->datatype) {
+        case DT_UINT8: LM_CONVERT(uint8_t); break;
+        case DT_INT8: LM_CONVERT(int8_t); break;
+        case DT_INT16: LM_CONVERT(int16_t); break;
+        case DT_UINT16: LM_CONVERT(uint16_t); break;
+        case DT_INT32: LM_CONVERT(int32_t); break;
+        case DT_UINT32: LM_CONVERT(uint32_t); break;
+        case DT_INT64: LM_CONVERT(int64_t); break;
+        case DT_UINT64: LM_CONVERT(uint64_t); break;
+        case DT_FLOAT32: LM_CONVERT(float); break;
+        default: LM_CONVERT(double); break;
+        }
+#undef LM_CONVERT
+        if (scale)
+            for (int64_t i = 0; i < nvox; i++)
+                val[i] = val[i] * slope + inter;
+        if (mode == LM_NII_LABELS)
+            for (int64_t i = 0; i < nvox; i++) {
+                double v = val[i];
+                if (!(v == floor(v)) || v < INT32_MIN || v > INT32_MAX) {
+                    lm_error_set("label map has a non-integer value %g at voxel (%lld,%lld,%lld)", v,
+                                 (long long)(i % D), (long long)(i / D % H),
+                                 (long long)(i / (D * H)));
+                    free(val);
+                    goto fail;
+                }
+            }
+        /* out[c][i][j][k] = val[i + D*(j + H*k)]: walk the output in order, tiles of k keep
+         * the strided reads in cache */
+        float *of = (float *)t->data + base;
+        int32_t *oi = (int32_t *)t->data + base;
+        const int64_t KT = 16;
         for (int64_t i = 0; i < D; i++)
-            for (int64_t j = 0; j < H; j++)
-                for (int64_t k = 0; k < W; k++) {
-                    double v = raw_get(nim, i + D * (j + H * (k + W * c)));
-                    if (scale)
-                        v = v * slope + inter;
-                    int64_t o = ((c * D + i) * H + j) * W + k;
-                    if (mode != LM_NII_LABELS) {
-                        of[o] = (float)v;
-                    } else if (!(v == floor(v)) || v < INT32_MIN || v > INT32_MAX) {
-                        lm_error_set("label map has a non-integer value %g at voxel (%lld,%lld,"
-                                     "%lld)", v, (long long)i, (long long)j, (long long)k);
-                        goto fail;
-                    } else {
-                        oi[o] = (int32_t)v;
+            for (int64_t k0 = 0; k0 < W; k0 += KT)
+                for (int64_t j = 0; j < H; j++) {
+                    const int64_t k1 = k0 + KT < W ? k0 + KT : W;
+                    for (int64_t k = k0; k < k1; k++) {
+                        double v = val[i + D * (j + H * k)];
+                        if (mode == LM_NII_LABELS)
+                            oi[(i * H + j) * W + k] = (int32_t)v;
+                        else
+                            of[(i * H + j) * W + k] = (float)v;
                     }
                 }
+    }
+    free(val);
     nifti_image_free(nim);
     return 0;
 fail:

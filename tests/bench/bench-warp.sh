@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# bench-warp.sh [BUILD] — lm-warp against SciPy's map_coordinates (warp_scipy.py) on the same
+# 192x160x192 image, 5-label map and smooth field in the same run: trilinear image + nearest
+# labels. lm-warp is timed as a whole command (reading the NIfTI inputs and writing, and
+# read-back-verifying, the NIfTI outputs); SciPy is timed for the interpolation alone. Prints
+# both, the ratio and the agreement (max |difference| of the image, differing labels).
+# Needs python3 with numpy, scipy, nibabel; skips (exit 0) without them. RUNS (default 3).
+set -u
+build=${1:-build}
+here=$(cd "$(dirname "$0")" && pwd)
+bin=$(cd "$build/bin" && pwd)/lm-warp
+runs=${RUNS:-3}
+if ! python3 -c 'import numpy, scipy, nibabel' 2>/dev/null; then
+    echo "bench-warp: skipped (python3 with numpy, scipy and nibabel is needed)"; exit 0
+fi
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/lmbench.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+python3 "$here/warp_scipy.py" make "$tmp" || exit 1
+best_c=1e9 best_p=1e9
+for ((i = 0; i < runs; i++)); do
+    t0=$(date +%s.%N)
+    "$bin" -q --flow "$tmp/flow.nii" --seg "$tmp/seg.nii" -o "$tmp/out.nii" "$tmp/moving.nii" || exit 1
+    t1=$(date +%s.%N)
+    best_c=$(awk -v a="$best_c" -v x="$t1" -v y="$t0" 'BEGIN{b=x-y; print (b<a)?b:a}')
+    python3 "$here/warp_scipy.py" score "$tmp" >"$tmp/p.txt" || exit 1
+    best_p=$(awk -v a="$best_p" -v b="$(cut -f1 "$tmp/p.txt")" 'BEGIN{print (b<a)?b:a}')
+done
+read -r _ err bad <"$tmp/p.txt"
+echo "lm-warp vs SciPy map_coordinates, 192x160x192, image + labels, $(nproc) cores, best of $runs:"
+printf '  lm-warp (whole command, NIfTI in and out) %8.3f s\n' "$best_c"
+printf '  SciPy (interpolation only)                %8.3f s\n' "$best_p"
+awk -v p="$best_p" -v c="$best_c" 'BEGIN{printf "  ratio: lm-warp is %.1fx faster (target >= 10x)\n", p/c}'
+echo "  agreement: max |image difference| $err, differing labels $bad"
+awk -v e="$err" -v b="$bad" 'BEGIN{exit !(e <= 1e-5 && b == 0)}'
