@@ -1,9 +1,10 @@
-# demo.mk — the README's main job on the embedded default: no downloads, seconds on 2 cores.
-# For now it packs the NIfTI images shipped in tests/data into a tensor stream with lm-cat,
-# checks the stream record by record, and describes it and a NIfTI file with lm-info.
-# Later issues put lm-synth, lm-preprocess, the network, lm-warp and lm-metrics here.
-#   make demo                      (from the top level)
-#   make -f pipelines/demo.mk OUT=/tmp/demo
+# demo.mk — the README's main job on the embedded default: no downloads, well under a minute on
+# 2 cores. lm-synth makes 4 multimodal pairs (MR-like moving, CT-like fixed, label maps, the true
+# deformation), lm-preprocess streams them, lm-warp applies the known field, and lm-metrics
+# prints Dice/HD95/folding before (identity) and after. The network (lm-encode | lm-leb |
+# lm-decode) takes the known field's place in a later issue.
+#   make demo                          (from the top level)
+#   make -f pipelines/demo.mk -j2 OUT=/tmp/demo PAIRS=8
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DELETE_ON_ERROR:
@@ -11,23 +12,36 @@ SHELL := /bin/bash
 BUILD ?= build
 BIN   := $(BUILD)/bin
 OUT   ?= $(BUILD)/demo
-DATA  := tests/data
+PAIRS ?= 4
+SEED  ?= 1
+SYN   := $(OUT)/synth
+IDS   := $(shell seq -f 'synth%03g' 1 $(PAIRS))
 
 .PHONY: all
-all: $(OUT)/pair.lmt
-	@echo "== lm-info: a NIfTI-2 file written by nibabel (scaled int16, oblique affine)"
-	$(BIN)/lm-info $(DATA)/nifti2_small.nii.gz
-	@echo "== lm-info: the stream made from it (2 records)"
-	$(BIN)/lm-info $<
-	@echo "== lm-cat checks every record; lm-info --json for scripts"
-	$(BIN)/lm-cat $< | $(BIN)/lm-info --json --tensor fixed -
+all: $(OUT)/before.tsv $(OUT)/after.tsv
+	@echo "== $(PAIRS) synthetic MR->CT pairs (lm-synth --seed $(SEED)), identity vs the known field"
+	@printf '%-28s %-16s %-14s %s\n' "" "Dice % mean (std)" "HD95 mm" "folding %"
+	@for f in before after; do \
+	    awk -F'\t' -v n="$$f" '$$1=="mean(std)" {printf "%-28s %-16s %-14s %s\n", \
+	        (n=="before" ? "before (identity)" : "after (lm-warp, true field)"), $$3, $$4, $$5}' \
+	        $(OUT)/$$f.tsv; done
+	@echo "per pair: $(OUT)/before.tsv $(OUT)/after.tsv; streams: $(OUT)/*.lmt"
 
-# Two records: an image pair with a label map, and the same pair under another id.
-$(OUT)/pair.lmt: $(DATA)/nifti2_small.nii.gz $(BIN)/lm-cat | $(OUT)
-	$(BIN)/lm-cat --new -a moving=$(DATA)/nifti2_small.nii.gz -a fixed=$(DATA)/nifti2_small.nii.gz \
-	    -m pair=demo1 -m modality_moving=mr -m modality_fixed=ct -o $(OUT)/one.lmt
-	$(BIN)/lm-cat $(OUT)/one.lmt | $(BIN)/lm-cat -m pair=demo2 >$(OUT)/two.lmt
-	cat $(OUT)/one.lmt $(OUT)/two.lmt >$@
+# The pairs and their true fields (pairs.tsv is written last).
+$(SYN)/pairs.tsv: $(BIN)/lm-synth
+	$(BIN)/lm-synth -q -n $(PAIRS) --seed $(SEED) --same-subject -o $(SYN)
 
-$(OUT):
-	mkdir -p $@
+# One record per pair: images normalised (MR percentile window, CT HU window) on one grid.
+$(OUT)/%.pre.lmt: $(SYN)/pairs.tsv $(BIN)/lm-preprocess
+	$(BIN)/lm-preprocess -q --pair $* $(SYN)/$*_mr.nii.gz $(SYN)/$*_ct.nii.gz \
+	    $(SYN)/$*_mr_seg.nii.gz $(SYN)/$*_ct_seg.nii.gz -o $@
+
+# The known moving->fixed field joins the record; lm-warp adds warped and warped_seg.
+$(OUT)/%.warped.lmt: $(OUT)/%.pre.lmt $(BIN)/lm-cat $(BIN)/lm-warp
+	$(BIN)/lm-cat --add-field flow=$(SYN)/$*_flow.nii $< | $(BIN)/lm-warp -q -o $@
+
+$(OUT)/before.tsv: $(IDS:%=$(OUT)/%.pre.lmt) $(BIN)/lm-metrics
+	cat $(IDS:%=$(OUT)/%.pre.lmt) | $(BIN)/lm-metrics -q --initial -o $@
+
+$(OUT)/after.tsv: $(IDS:%=$(OUT)/%.warped.lmt) $(BIN)/lm-metrics
+	cat $(IDS:%=$(OUT)/%.warped.lmt) | $(BIN)/lm-metrics -q -o $@

@@ -7,6 +7,7 @@
  */
 #include "cli/lm_cli.h"
 #include "lm_io.h"
+#include "prep/lm_prep.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@ static const lm_option opts[] = {
     {"drop", 'd', "NAMES", "remove these tensors (comma-separated)"},
     {"add", 'a', "NAME=FILE", "add a NIfTI image as an F32 tensor [1,1,D,H,W] (repeatable)"},
     {"add-labels", 'L', "NAME=FILE", "add a NIfTI label map as an I32 tensor [1,1,D,H,W]"},
+    {"add-field", 'F', "NAME=FILE", "add a NIfTI displacement field as F32 [1,3,D,H,W] voxels"},
     {"meta", 'm', "KEY=VALUE", "set a metadata entry on every record (repeatable)"},
     {"new", 'n', NULL, "make one new record (with --add/--meta) instead of reading input"},
     {"quiet", 'q', NULL, "no progress messages"},
@@ -41,7 +43,7 @@ static const lm_cli_spec spec = {
 #define MAXL 64
 typedef struct {
     const char *key, *val;
-    int labels;
+    int kind; /* 0 image, 1 labels, 2 displacement field */
 } kv;
 
 static int in_list(const char *list, const char *name)
@@ -57,7 +59,7 @@ static int in_list(const char *list, const char *name)
     return 0;
 }
 
-static int split_kv(const char *s, kv *out, int labels)
+static int split_kv(const char *s, kv *out, int kind)
 {
     const char *eq = strchr(s, '=');
     if (!eq || eq == s || !eq[1])
@@ -67,7 +69,7 @@ static int split_kv(const char *s, kv *out, int labels)
         return -1;
     out->key = k;
     out->val = eq + 1;
-    out->labels = labels;
+    out->kind = kind;
     return 0;
 }
 
@@ -94,8 +96,9 @@ int main(int argc, char **argv)
             sel = arg;
         else if (!strcmp(o, "drop"))
             drop = arg;
-        else if (!strcmp(o, "add") || !strcmp(o, "add-labels")) {
-            if (nadd == MAXL || split_kv(arg, &adds[nadd++], o[3] == '-') < 0)
+        else if (!strcmp(o, "add") || !strcmp(o, "add-labels") || !strcmp(o, "add-field")) {
+            int kind = !strcmp(o, "add") ? 0 : !strcmp(o, "add-labels") ? 1 : 2;
+            if (nadd == MAXL || split_kv(arg, &adds[nadd++], kind) < 0)
                 lm_usage_error("--%s: expected NAME=FILE, got '%s'", o, arg);
         } else if (!strcmp(o, "meta")) {
             if (nmeta == MAXL || split_kv(arg, &metas[nmeta++], 0) < 0)
@@ -111,8 +114,26 @@ int main(int argc, char **argv)
     lm_tensor added[MAXL];
     for (int i = 0; i < nadd; i++) {
         lm_tensor t;
-        if (lm_nifti_read(adds[i].val, adds[i].labels ? LM_NII_LABELS : LM_NII_F32, &t, NULL) < 0)
+        lm_nifti_geom g;
+        if (lm_nifti_read(adds[i].val, adds[i].kind == 1 ? LM_NII_LABELS : LM_NII_F32, &t, &g) < 0)
             lm_die(LM_EXIT_FAIL, "%s: %s", adds[i].val, lm_error());
+        if (adds[i].kind == 2) {
+            /* ITK/ANTs fields (intent DISPVECT) are mm in LPS: to voxels of the file's grid. */
+            if (t.ndim != 4 || t.shape[0] != 3)
+                lm_die(LM_EXIT_FAIL, "%s: a displacement field needs 3 components per voxel",
+                       adds[i].val);
+            if (g.intent_code == 1006 &&
+                lm_field_lps_mm_to_vox(t.data, t.data, t.shape[1] * t.shape[2] * t.shape[3],
+                                       g.affine) < 0)
+                lm_die_error(adds[i].val);
+            int64_t fs[5] = {1, 3, t.shape[1], t.shape[2], t.shape[3]};
+            if (lm_tensor_wrap(&added[i], adds[i].key, LM_F32, 5, fs, t.data) < 0)
+                lm_die_error(adds[i].val);
+            added[i].owns = 1;
+            t.owns = 0;
+            lm_tensor_free(&t);
+            continue;
+        }
         if (t.ndim != 3)
             lm_die(LM_EXIT_FAIL, "%s: a 3-D image is needed (this one has %lld channels)",
                    adds[i].val, (long long)t.shape[0]);

@@ -30,6 +30,10 @@ run lm-info -n "$T/raw.safetensors"
 check "--raw writes plain safetensors" grep -q 'safetensors' "$T/out"
 check "--drop removes tensors" [ "$(grep -c '^  t_' "$T/out")" -eq 16 ]
 
+run lm-cat --new -F flow=$D/warp_a_flow.nii.gz -o "$T/f.lmt"
+run lm-info "$T/f.lmt"
+check "--add-field adds [1,3,D,H,W]" grep -q 'flow .*F32  \[1,3,32,32,20\]' "$T/out"
+expect_fail "--add-field of a 3-D image" 1 "3 components" lm-cat --new -F f=$D/warp_a_moving.nii.gz -o "$T/never.lmt"
 head -c 200 "$T/three.lmt" >"$T/cut.lmt"
 expect_fail "truncated input" 1 "^lm-cat: $T/cut.lmt: record 1: truncated" lm-cat -o "$T/never.lmt" "$T/cut.lmt"
 check "no output after a failure" [ ! -e "$T/never.lmt" ]
