@@ -69,8 +69,8 @@ int lm_hd95(double *out, const int32_t *a, const int32_t *b, const int64_t dims[
 
 /* det = Jacobian determinant of x -> x + u(x) at every voxel. u: [3,D,H,W] voxels, F32 or F64.
  *   LM_JAC_VXM: vxm's jacobian_determinant: J = np.gradient(u + grid) (central differences
- *     (f[i+1]-f[i-1])/2 inside, f[1]-f[0] and f[n-1]-f[n-2] at the ends; 0 along an axis of
- *     length 1), computed in double exactly as numpy orders the operations.
+ *     (f[i+1]-f[i-1])/2 inside, f[1]-f[0] and f[n-1]-f[n-2] at the ends; u constant along an
+ *     axis of length 1), computed in double exactly as numpy orders the operations.
  *   LM_JAC_SITK_MM: what sitk.DisplacementFieldJacobianDeterminant(GetImageFromArray(u
  *     transposed to [D,H,W,3], isVector=True)) returns, bit for bit: ITK axis i is array axis
  *     2-i while vector component j stays u_j, J[i][j] = 0.5 (u_j(x+e_i) - u_j(x-e_i)) with a
