@@ -315,21 +315,23 @@ int lm_nifti_read(const char *path, int mode, lm_tensor *t, lm_nifti_geom *g)
                     goto fail;
                 }
             }
-        /* out[c][i][j][k] = val[i + D*(j + H*k)]: walk the output in order, tiles of k keep
-         * the strided reads in cache */
+        /* out[c][i][j][k] = val[i + D*(j + H*k)]: transpose the (i, k) plane of each j in
+         * 32x32 tiles, reading i contiguously */
         float *of = (float *)t->data + base;
         int32_t *oi = (int32_t *)t->data + base;
-        const int64_t KT = 16;
-        for (int64_t i = 0; i < D; i++)
-            for (int64_t k0 = 0; k0 < W; k0 += KT)
-                for (int64_t j = 0; j < H; j++) {
-                    const int64_t k1 = k0 + KT < W ? k0 + KT : W;
+        const int64_t TB = 32;
+        for (int64_t j = 0; j < H; j++)
+            for (int64_t k0 = 0; k0 < W; k0 += TB)
+                for (int64_t i0 = 0; i0 < D; i0 += TB) {
+                    const int64_t k1 = k0 + TB < W ? k0 + TB : W, i1 = i0 + TB < D ? i0 + TB : D;
                     for (int64_t k = k0; k < k1; k++) {
-                        double v = val[i + D * (j + H * k)];
+                        const double *src = val + D * (j + H * k);
                         if (mode == LM_NII_LABELS)
-                            oi[(i * H + j) * W + k] = (int32_t)v;
+                            for (int64_t i = i0; i < i1; i++)
+                                oi[(i * H + j) * W + k] = (int32_t)src[i];
                         else
-                            of[(i * H + j) * W + k] = (float)v;
+                            for (int64_t i = i0; i < i1; i++)
+                                of[(i * H + j) * W + k] = (float)src[i];
                     }
                 }
     }

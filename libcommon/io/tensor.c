@@ -304,6 +304,17 @@ int lm_tensor_convert(lm_tensor *out, const lm_tensor *in, lm_dtype dt)
         memcpy(out->data, in->data, in->nbytes);
         return 0;
     }
+    if (in->dtype == LM_I32 && (dt == LM_U8 || dt == LM_I16)) { /* label maps: saturate */
+        const int32_t *v = in->data;
+        for (int64_t i = 0; i < n; i++) {
+            int32_t x = v[i];
+            if (dt == LM_U8)
+                ((uint8_t *)o)[i] = (uint8_t)(x < 0 ? 0 : x > 255 ? 255 : x);
+            else
+                ((int16_t *)o)[i] = (int16_t)(x < -32768 ? -32768 : x > 32767 ? 32767 : x);
+        }
+        return 0;
+    }
     for (int64_t i = 0; i < n; i++) {
         unsigned char *d = o + (size_t)i * es;
         if (src_int && dst_int) {
