@@ -4,6 +4,7 @@
 #include "lm_tensor.h"
 
 #include "lm_error.h"
+#include "common/lm_kmath.h" /* kernels/common: f16/bf16 conversion (RNE) */
 
 #include <math.h>
 #include <stdio.h>
@@ -45,69 +46,11 @@ int lm_dtype_is_float(lm_dtype dt)
 
 /* ---- half-precision conversion ----------------------------------------------------------- */
 
-uint16_t lm_f32_to_bf16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u) /* NaN: keep sign and top payload, force quiet */
-        return (uint16_t)((x >> 16) | 0x0040u);
-    x += 0x7fffu + ((x >> 16) & 1u); /* round to nearest even; overflow carries into inf */
-    return (uint16_t)(x >> 16);
-}
-
-float lm_bf16_to_f32(uint16_t h)
-{
-    uint32_t x = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &x, 4);
-    return f;
-}
-
-/* After F. Giesen's float_to_half_fast3_rtne: exact round-to-nearest-even including
- * subnormals (the subnormal path lets the FPU round by adding a magic constant). */
-uint16_t lm_f32_to_f16(float f)
-{
-    const uint32_t f32inf = 255u << 23, f16max = (127u + 16u) << 23;
-    const uint32_t denorm_magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint32_t sign = x & 0x80000000u;
-    uint16_t o;
-    x ^= sign;
-    if (x >= f16max) {
-        o = x > f32inf ? 0x7e00u : 0x7c00u;
-    } else if (x < (113u << 23)) {
-        float v, m;
-        uint32_t u;
-        memcpy(&v, &x, 4);
-        memcpy(&m, &denorm_magic, 4);
-        v += m;
-        memcpy(&u, &v, 4);
-        o = (uint16_t)(u - denorm_magic);
-    } else {
-        uint32_t odd = (x >> 13) & 1u;
-        x += ((uint32_t)(15 - 127) << 23) + 0xfffu;
-        x += odd;
-        o = (uint16_t)(x >> 13);
-    }
-    return (uint16_t)(o | (sign >> 16));
-}
-
-float lm_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
-    float f;
-    if (e == 0) {
-        f = (float)m * (1.0f / 16777216.0f); /* subnormal or zero: m * 2^-24, exact */
-        return sign ? -f : f;
-    }
-    if (e == 31)
-        u = sign | 0x7f800000u | (m << 13);
-    else
-        u = sign | ((e + 112u) << 23) | (m << 13);
-    memcpy(&f, &u, 4);
-    return f;
-}
+/* One implementation of the per-element maths for the host library and both backends. */
+uint16_t lm_f32_to_bf16(float f) { return lm_k_f32_to_bf16(f); }
+float lm_bf16_to_f32(uint16_t h) { return lm_k_bf16_to_f32(h); }
+uint16_t lm_f32_to_f16(float f) { return lm_k_f32_to_f16(f); }
+float lm_f16_to_f32(uint16_t h) { return lm_k_f16_to_f32(h); }
 
 /* ---- shapes and tensors ------------------------------------------------------------------ */
 
