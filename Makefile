@@ -120,10 +120,10 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(THELP_OBJ) $(LINK_DEPS)
 
 # ---- tests ---------------------------------------------------------------------------------
 check: $(PROGS) $(TESTS)
-	@tests/run-tests.sh $(BUILD)
+	@LM_CUDA=$(CUDA) tests/run-tests.sh $(BUILD)
 
 check-cuda: $(PROGS) $(TESTS)
-	@LM_REQUIRE_CUDA=1 tests/run-tests.sh $(BUILD)
+	@LM_CUDA=$(CUDA) LM_REQUIRE_CUDA=1 tests/run-tests.sh $(BUILD)
 
 bench: $(PROGS) $(BENCHES)
 	@tests/bench/run-bench.sh $(BUILD)
