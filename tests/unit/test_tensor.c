@@ -5,6 +5,10 @@
 #include "cli/lm_rng.h"
 #include "io/lm_tensor.h"
 #include "lm_test.h"
+#include "lm_testutil.h"
+
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <math.h>
 #include <stdlib.h>
@@ -298,8 +302,51 @@ static void t_device(void)
     LM_CHECK(lm_device_select("cuda:1023", &d) < 0, "cuda:1023 accepted");
 }
 
+/* Plain periodic lines off a terminal, with rate and ETA; -q (lm_verbose < 0) silences. */
+static void t_progress(void)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/progress.txt", lm_test_tmpdir());
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO), fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, STDERR_FILENO);
+    lm_cli_init("lm-x");
+    lm_verbose = 0;
+    lm_progress p;
+    lm_progress_start(&p, "testing", 10, "items");
+    p.tty = 0;
+    p.t0 -= 30; /* as if 30 s had passed */
+    p.last -= 30;
+    lm_progress_update(&p, 5);
+    lm_progress_update(&p, 6); /* within 10 s of the last line: nothing */
+    lm_progress_end(&p);
+    lm_verbose = -1;
+    lm_progress_start(&p, "quiet", 10, "items");
+    p.tty = 0;
+    p.t0 -= 30;
+    p.last -= 30;
+    lm_progress_update(&p, 5);
+    lm_progress_end(&p);
+    lm_verbose = 0;
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(fd);
+    char *out = lm_tu_slurp(path, NULL);
+    LM_CHECK(out && strstr(out, "lm-x: testing 5/10 items (50%), ") && strstr(out, "ETA 0:30"),
+             "progress line: %s", out ? out : "(none)");
+    LM_CHECK(out && strstr(out, "testing 6/10 items (60%)"), "final line: %s", out ? out : "");
+    LM_CHECK(out && !strstr(out, "quiet"), "-q did not silence progress");
+    int lines = 0;
+    for (char *c = out; c && *c; c++)
+        lines += *c == '\n';
+    LM_CHECK(lines == 2, "%d lines", lines);
+    free(out);
+}
+
 static const lm_test_case cases[] = {
     {"device_select", t_device},
+    {"progress", t_progress},
     {"dtype_names", t_dtype_names},
     {"half_roundtrip_exhaustive", t_half_roundtrip_exhaustive},
     {"f16_round_nearest_even", t_f16_rne},
