@@ -480,10 +480,17 @@ int lm_nifti_write(const char *path, const lm_tensor *t, const lm_nifti_geom *re
     }
     int saved = mute_stderr();
     nifti_image_write(nim);
-    /* nifticlib reports write errors only on stderr: read the file back to be sure. */
-    back = nifti_image_read(tmp, 1);
+    /* nifticlib reports write errors only on stderr, so check the result: a compressed file is
+     * read back whole; an uncompressed one must have its header and exactly its size. */
+    int gz = nifti_is_gzfile(tmp);
+    back = nifti_image_read(tmp, gz);
     unmute_stderr(saved);
-    if (!back || !back->data || back->nvox != nim->nvox || back->datatype != dt) {
+    struct stat st;
+    int ok = back && back->nvox == nim->nvox && back->datatype == dt &&
+             (gz ? back->data != NULL
+                 : stat(tmp, &st) == 0 &&
+                       (uint64_t)st.st_size == (uint64_t)back->iname_offset + (uint64_t)t->nbytes);
+    if (!ok) {
         lm_error_set("write error (the written file does not read back; disk full?)");
         goto done;
     }
