@@ -1,0 +1,710 @@
+/* net_model.c — the numbers of the network (MODEL.md §3–§9): encoder (shared, ReLU, no norm),
+ * tokeniser (channel concat + flatten), LEBs (Adapter0 = [Linear→IN over tokens→LReLU]×2, then
+ * the frozen LLM layer with LoRA), decoder adapters (Linear→IN→LReLU, voxel shuffle; variant F:
+ * shuffle by f/2 then trilinear ×2), stages S4..S1 (CBL, flow heads, ×2 flow upsampling,
+ * warps, composition or addition), the loss (Dice on trilinearly warped one-hot labels +
+ * λ·Grad_L2 of the field used for warping), and the backward of all of it.
+ * Every activation lives in a buffer of the plan (net_config.c); the backward walks the same
+ * graph in reverse, accumulating (+=) into gradient buffers of the same names.
+ * Not here: parameters, init and checkpoints (net_params.c). */
+#include "io/lm_error.h"
+#include "model/net_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TRY(x)                                                                                 \
+    do {                                                                                       \
+        if ((x) < 0)                                                                           \
+            return -1;                                                                         \
+    } while (0)
+
+static const float SLOPE = 0.01f, EPS = 1e-5f;
+
+int net_act_index(const lm_net *n, const char *name)
+{
+    for (int i = 0; i < n->plan.n; i++)
+        if (!strcmp(n->plan.a[i].name, name))
+            return n->alias[i] >= 0 ? n->alias[i] : i;
+    return -1;
+}
+
+/* internal lookups: the plan fixes the names, so a miss is a bug; they abort loudly */
+static int IDX(const lm_net *n, const char *name)
+{
+    int i = net_act_index(n, name);
+    if (i < 0) {
+        fprintf(stderr, "lm_net: no activation '%s'\n", name);
+        abort();
+    }
+    return i;
+}
+static float *A(lm_net *n, const char *name)
+{
+    return n->act[IDX(n, name)];
+}
+static float *G(lm_net *n, const char *name)
+{
+    return n->grad[IDX(n, name)];
+}
+static const lm_net_act_info *INFO(const lm_net *n, const char *name)
+{
+    return &n->plan.a[IDX(n, name)];
+}
+static lm_net_param *P(lm_net *n, const char *name)
+{
+    lm_net_param *p = lm_net_param_find(n, name);
+    if (!p) {
+        fprintf(stderr, "lm_net: no parameter '%s'\n", name);
+        abort();
+    }
+    return p;
+}
+static float *PV(lm_net *n, const char *name)
+{
+    return P(n, name)->value;
+}
+static float *PG(lm_net *n, const char *name)
+{
+    return P(n, name)->grad;
+}
+
+float *lm_net_act(lm_net *n, const char *name)
+{
+    if (!strcmp(name, "warped_onehot"))
+        return n->have_loss ? n->oh_w : NULL;
+    int i = net_act_index(n, name);
+    return i < 0 ? NULL : n->act[i];
+}
+
+float *lm_net_act_grad(lm_net *n, const char *name)
+{
+    int i = net_act_index(n, name);
+    return i < 0 ? NULL : n->grad[i];
+}
+
+static float *scratch(lm_net *n, int slot, int64_t numel)
+{
+    if (n->scr_cap[slot] < numel) {
+        lm_backend_free(n->be, n->scr[slot]);
+        n->scr[slot] = lm_backend_alloc(n->be, (size_t)numel * sizeof(float));
+        n->scr_cap[slot] = n->scr[slot] ? numel : 0;
+        if (!n->scr[slot])
+            lm_error_set("out of memory (scratch of %lld floats)", (long long)numel);
+    }
+    return n->scr[slot];
+}
+
+static float *zeroed(lm_net *n, int slot, int64_t numel)
+{
+    float *p = scratch(n, slot, numel);
+    if (p && LM_OP_CALL(n->be, fill, p, 0.0f, numel) < 0)
+        return NULL;
+    return p;
+}
+
+/* mean/rstd buffers of an instance-normalised output (2·C floats) */
+static float *stat(lm_net *n, const char *name, int64_t C)
+{
+    int i = IDX(n, name);
+    if (!n->stat[i] && !(n->stat[i] = lm_backend_alloc(n->be, (size_t)(2 * C) * sizeof(float))))
+        lm_error_set("out of memory");
+    return n->stat[i];
+}
+
+static void grid_of(const lm_net_act_info *a, int *g)
+{
+    g[0] = (int)a->shape[2];
+    g[1] = (int)a->shape[3];
+    g[2] = (int)a->shape[4];
+}
+
+static int64_t vox(const lm_net_act_info *a)
+{
+    return a->shape[2] * a->shape[3] * a->shape[4];
+}
+
+/* ---- blocks ----------------------------------------------------------------------------------- */
+
+static int conv_fwd(lm_net *n, const char *y, const char *x, const char *w, const char *b,
+                    int stride)
+{
+    const lm_net_act_info *ix = INFO(n, x), *iy = INFO(n, y);
+    lm_conv3d_args a = {(int)ix->shape[1], (int)iy->shape[1], 0, 0, 0, stride};
+    grid_of(ix, &a.D);
+    return LM_OP_CALL(n->be, conv3d_fwd, A(n, y), A(n, x), PV(n, w), b ? PV(n, b) : NULL, &a);
+}
+
+/* dx += ..., dW, db += ... from dy (a buffer, the gradient of the conv output) */
+static int conv_bwd(lm_net *n, const float *dy, const char *x, const char *w, const char *b,
+                    int cout, int stride, float *dx)
+{
+    const lm_net_act_info *ix = INFO(n, x);
+    lm_conv3d_args a = {(int)ix->shape[1], cout, 0, 0, 0, stride};
+    grid_of(ix, &a.D);
+    return LM_OP_CALL(n->be, conv3d_bwd, dx, PG(n, w), b ? PG(n, b) : NULL, dy, A(n, x),
+                      PV(n, w), &a);
+}
+
+/* CBL: y.c = conv(x); y = LReLU(IN(y.c)) (MODEL.md §7) */
+static int cbl_fwd(lm_net *n, const char *y, const char *x, const char *w, const char *b)
+{
+    char yc[32];
+    snprintf(yc, sizeof yc, "%s.c", y);
+    TRY(conv_fwd(n, yc, x, w, b, 1));
+    const lm_net_act_info *iy = INFO(n, y);
+    const int64_t C = iy->shape[1], N = vox(iy);
+    float *st = stat(n, y, C);
+    if (!st)
+        return -1;
+    lm_instnorm_args in = {C, N, 0, EPS};
+    TRY(LM_OP_CALL(n->be, instnorm_fwd, A(n, y), st, st + C, A(n, yc), &in));
+    return LM_OP_CALL(n->be, leaky_relu_fwd, A(n, y), A(n, y), SLOPE, C * N);
+}
+
+static int cbl_bwd(lm_net *n, const char *y, const char *x, const char *w, const char *b)
+{
+    char yc[32];
+    snprintf(yc, sizeof yc, "%s.c", y);
+    const lm_net_act_info *iy = INFO(n, y);
+    const int64_t C = iy->shape[1], N = vox(iy);
+    float *t = zeroed(n, 0, C * N), *st = stat(n, y, C);
+    if (!t || !st)
+        return -1;
+    /* LReLU'(IN out) equals LReLU'(LReLU(IN out)): the sign is kept */
+    TRY(LM_OP_CALL(n->be, leaky_relu_bwd, t, G(n, y), A(n, y), SLOPE, C * N));
+    lm_instnorm_args in = {C, N, 0, EPS};
+    TRY(LM_OP_CALL(n->be, instnorm_bwd, G(n, yc), t, A(n, yc), st, st + C, &in));
+    return conv_bwd(n, G(n, yc), x, w, b, (int)C, 1, G(n, x));
+}
+
+/* LinearBlock on tokens: y = x Wᵀ + b; a = LReLU(IN_tokens(y)) (MODEL.md §5.1) */
+static int lin_fwd(lm_net *n, const char *a, const char *y, const char *x, const char *wb)
+{
+    char w[48], b[48];
+    snprintf(w, sizeof w, "%s.weight", wb);
+    snprintf(b, sizeof b, "%s.bias", wb);
+    const lm_net_act_info *ix = INFO(n, x), *iy = INFO(n, y);
+    const int64_t L = ix->shape[1], K = ix->shape[2], N = iy->shape[2];
+    lm_gemm_args g = {L, N, K, LM_F32, 0};
+    TRY(LM_OP_CALL(n->be, gemm_fwd, A(n, y), A(n, x), PV(n, w), PV(n, b), &g));
+    float *st = stat(n, a, N);
+    if (!st)
+        return -1;
+    lm_instnorm_args in = {N, L, 1, EPS};
+    TRY(LM_OP_CALL(n->be, instnorm_fwd, A(n, a), st, st + N, A(n, y), &in));
+    return LM_OP_CALL(n->be, leaky_relu_fwd, A(n, a), A(n, a), SLOPE, L * N);
+}
+
+static int lin_bwd(lm_net *n, const char *a, const char *y, const char *x, const char *wb)
+{
+    char w[48], b[48];
+    snprintf(w, sizeof w, "%s.weight", wb);
+    snprintf(b, sizeof b, "%s.bias", wb);
+    const lm_net_act_info *ix = INFO(n, x), *iy = INFO(n, y);
+    const int64_t L = ix->shape[1], K = ix->shape[2], N = iy->shape[2];
+    float *t = zeroed(n, 0, L * N), *st = stat(n, a, N);
+    if (!t || !st)
+        return -1;
+    TRY(LM_OP_CALL(n->be, leaky_relu_bwd, t, G(n, a), A(n, a), SLOPE, L * N));
+    lm_instnorm_args in = {N, L, 1, EPS};
+    TRY(LM_OP_CALL(n->be, instnorm_bwd, G(n, y), t, A(n, y), st, st + N, &in));
+    lm_gemm_args g = {L, N, K, LM_F32, 0};
+    return LM_OP_CALL(n->be, gemm_bwd, G(n, x), PG(n, w), PG(n, b), G(n, y), A(n, x), PV(n, w),
+                      &g);
+}
+
+static int up_fwd(lm_net *n, const char *y, const char *x, int flow)
+{
+    const lm_net_act_info *ix = INFO(n, x);
+    lm_vol_args v = {(int)ix->shape[1], 0, 0, 0};
+    grid_of(ix, &v.D);
+    TRY(LM_OP_CALL(n->be, upsample2_fwd, A(n, y), A(n, x), &v));
+    if (flow)
+        TRY(LM_OP_CALL(n->be, scale, A(n, y), A(n, y), 2.0f, INFO(n, y)->numel));
+    return 0;
+}
+
+static int up_bwd(lm_net *n, const char *y, const char *x, int flow)
+{
+    const lm_net_act_info *ix = INFO(n, x);
+    lm_vol_args v = {(int)ix->shape[1], 0, 0, 0};
+    grid_of(ix, &v.D);
+    const float *dy = G(n, y);
+    if (flow) {
+        const int64_t m = INFO(n, y)->numel;
+        float *t = scratch(n, 0, m);
+        if (!t)
+            return -1;
+        TRY(LM_OP_CALL(n->be, scale, t, dy, 2.0f, m));
+        dy = t;
+    }
+    return LM_OP_CALL(n->be, upsample2_bwd, G(n, x), dy, &v);
+}
+
+#define MAXCAT 6
+static int cat_fwd(lm_net *n, const char *y, const char *const *xs, int k)
+{
+    const float *b[MAXCAT];
+    int64_t ch[MAXCAT];
+    for (int i = 0; i < k; i++) {
+        b[i] = A(n, xs[i]);
+        ch[i] = INFO(n, xs[i])->shape[1];
+    }
+    return LM_OP_CALL(n->be, concat, A(n, y), b, ch, k, vox(INFO(n, y)));
+}
+
+static int cat_bwd(lm_net *n, const char *y, const char *const *xs, int k)
+{
+    float *b[MAXCAT];
+    int64_t ch[MAXCAT];
+    for (int i = 0; i < k; i++) {
+        b[i] = G(n, xs[i]);
+        ch[i] = INFO(n, xs[i])->shape[1];
+    }
+    return LM_OP_CALL(n->be, split, b, G(n, y), ch, k, vox(INFO(n, y)));
+}
+
+static int warp_fwd(lm_net *n, const char *y, const char *src, const char *flow)
+{
+    const lm_net_act_info *is = INFO(n, src);
+    lm_warp_args w = {(int)is->shape[1], 0, 0, 0, LM_PAD_ZEROS};
+    grid_of(is, &w.D);
+    return LM_OP_CALL(n->be, warp_fwd, A(n, y), A(n, src), A(n, flow), &w);
+}
+
+static int warp_bwd(lm_net *n, const char *y, const char *src, const char *flow)
+{
+    const lm_net_act_info *is = INFO(n, src);
+    lm_warp_args w = {(int)is->shape[1], 0, 0, 0, LM_PAD_ZEROS};
+    grid_of(is, &w.D);
+    return LM_OP_CALL(n->be, warp_bwd, G(n, src), G(n, flow), G(n, y), A(n, src), A(n, flow),
+                      &w);
+}
+
+/* ψ = r ⊕ U (compose) or r + U (add) */
+static int combine_fwd(lm_net *n, const char *psi, const char *r, const char *u)
+{
+    const lm_net_act_info *ir = INFO(n, r);
+    if (n->c.combine == LM_NET_COMBINE_ADD)
+        return LM_OP_CALL(n->be, add, A(n, psi), A(n, r), A(n, u), ir->numel);
+    lm_vol_args v = {3, 0, 0, 0};
+    grid_of(ir, &v.D);
+    return LM_OP_CALL(n->be, compose_fwd, A(n, psi), A(n, r), A(n, u), &v);
+}
+
+static int combine_bwd(lm_net *n, const char *psi, const char *r, const char *u)
+{
+    const lm_net_act_info *ir = INFO(n, r);
+    if (n->c.combine == LM_NET_COMBINE_ADD) {
+        TRY(LM_OP_CALL(n->be, axpy, G(n, r), G(n, psi), 1.0f, ir->numel));
+        return LM_OP_CALL(n->be, axpy, G(n, u), G(n, psi), 1.0f, ir->numel);
+    }
+    lm_vol_args v = {3, 0, 0, 0};
+    grid_of(ir, &v.D);
+    return LM_OP_CALL(n->be, compose_bwd, G(n, r), G(n, u), G(n, psi), A(n, r), A(n, u), &v);
+}
+
+static int pool_fwd(lm_net *n, const char *y, const char *x)
+{
+    const lm_net_act_info *ix = INFO(n, x);
+    lm_vol_args v = {(int)ix->shape[1], 0, 0, 0};
+    grid_of(ix, &v.D);
+    return LM_OP_CALL(n->be, avgpool2_fwd, A(n, y), A(n, x), &v);
+}
+
+static int pool_bwd(lm_net *n, const char *y, const char *x)
+{
+    const lm_net_act_info *ix = INFO(n, x);
+    lm_vol_args v = {(int)ix->shape[1], 0, 0, 0};
+    grid_of(ix, &v.D);
+    return LM_OP_CALL(n->be, avgpool2_bwd, G(n, x), G(n, y), &v);
+}
+
+/* ---- images ----------------------------------------------------------------------------------- */
+
+int lm_net_set_images(lm_net *n, const float *moving, const float *fixed, const int64_t dhw[3])
+{
+    const int64_t *g = n->c.shape;
+    if (!memcmp(dhw, g, 3 * sizeof *g)) {
+        const int64_t m = g[0] * g[1] * g[2];
+        n->img_full = 0;
+        TRY(lm_backend_upload(n->be, A(n, "moving"), moving, (size_t)m * sizeof(float)));
+        return lm_backend_upload(n->be, A(n, "fixed"), fixed, (size_t)m * sizeof(float));
+    }
+    if (n->c.half && dhw[0] == 2 * g[0] && dhw[1] == 2 * g[1] && dhw[2] == 2 * g[2]) {
+        const int64_t m = dhw[0] * dhw[1] * dhw[2];
+        n->img_full = 1;
+        TRY(lm_backend_upload(n->be, A(n, "moving_full"), moving, (size_t)m * sizeof(float)));
+        TRY(lm_backend_upload(n->be, A(n, "fixed_full"), fixed, (size_t)m * sizeof(float)));
+        TRY(pool_fwd(n, "moving", "moving_full"));
+        return pool_fwd(n, "fixed", "fixed_full");
+    }
+    return lm_error_set("image grid [%lld,%lld,%lld] is not the network grid [%lld,%lld,%lld]%s",
+                        (long long)dhw[0], (long long)dhw[1], (long long)dhw[2], (long long)g[0],
+                        (long long)g[1], (long long)g[2],
+                        n->c.half ? " nor twice it" : "");
+}
+
+/* ---- encoder (MODEL.md §3) -------------------------------------------------------------------- */
+
+static int enc_fwd(lm_net *n, const char *img, const char *pre)
+{
+    char y[8], x[8], w[32], b[32];
+    for (int s = 1; s <= 5; s++) {
+        snprintf(y, sizeof y, "%s%d", pre, s);
+        snprintf(x, sizeof x, "%s%d", pre, s - 1);
+        snprintf(w, sizeof w, "encoder.conv%d.weight", s);
+        snprintf(b, sizeof b, "encoder.conv%d.bias", s);
+        TRY(conv_fwd(n, y, s == 1 ? img : x, w, s == 1 ? NULL : b, s == 1 ? 1 : 2));
+        TRY(LM_OP_CALL(n->be, relu_fwd, A(n, y), A(n, y), INFO(n, y)->numel));
+    }
+    return 0;
+}
+
+static int enc_bwd(lm_net *n, const char *img, const char *pre)
+{
+    char y[8], x[8], w[32], b[32];
+    for (int s = 5; s >= 1; s--) {
+        snprintf(y, sizeof y, "%s%d", pre, s);
+        snprintf(x, sizeof x, "%s%d", pre, s - 1);
+        snprintf(w, sizeof w, "encoder.conv%d.weight", s);
+        snprintf(b, sizeof b, "encoder.conv%d.bias", s);
+        const lm_net_act_info *iy = INFO(n, y);
+        float *t = zeroed(n, 1, iy->numel);
+        if (!t)
+            return -1;
+        /* relu'(pre-activation) = relu'(output) */
+        TRY(LM_OP_CALL(n->be, relu_bwd, t, G(n, y), A(n, y), iy->numel));
+        const char *xs = s == 1 ? img : x;
+        TRY(conv_bwd(n, t, xs, w, s == 1 ? NULL : b, (int)iy->shape[1], s == 1 ? 1 : 2,
+                     G(n, xs)));
+    }
+    return 0;
+}
+
+int lm_net_encode(lm_net *n)
+{
+    TRY(enc_fwd(n, "moving", "fm"));
+    return enc_fwd(n, "fixed", "ff");
+}
+
+/* ---- tokeniser + LEBs (MODEL.md §4, §5) ------------------------------------------------------- */
+
+int lm_net_leb(lm_net *n)
+{
+    if (!lm_net_uses_llm(&n->c))
+        return 0;
+    if (n->nly != n->c.n_layers)
+        return lm_error_set("the LLM layers are not attached");
+    const lm_net_act_info *i5 = INFO(n, "fm5");
+    const int64_t C = i5->shape[1], L = vox(i5);
+    float *t = scratch(n, 0, 2 * C * L);
+    if (!t)
+        return -1;
+    const float *xs[2] = {A(n, "fm5"), A(n, "ff5")};
+    int64_t ch[2] = {C, C};
+    TRY(LM_OP_CALL(n->be, concat, t, xs, ch, 2, L));
+    TRY(LM_OP_CALL(n->be, transpose, A(n, "x0"), t, 2 * C, L, 0));
+    for (int k = 1; k <= n->c.n_layers; k++) {
+        char a1[16], y1[16], a2[16], y2[16], out[16], in[16], fc[32];
+        snprintf(a1, sizeof a1, "leb%d.a1", k);
+        snprintf(y1, sizeof y1, "leb%d.y1", k);
+        snprintf(a2, sizeof a2, "leb%d.a2", k);
+        snprintf(y2, sizeof y2, "leb%d.y2", k);
+        snprintf(out, sizeof out, "leb%d", k);
+        if (k == 1)
+            snprintf(in, sizeof in, "x0");
+        else
+            snprintf(in, sizeof in, "leb%d", k - 1);
+        snprintf(fc, sizeof fc, "leb%d.adapter.fc1", k);
+        TRY(lin_fwd(n, a1, y1, in, fc));
+        snprintf(fc, sizeof fc, "leb%d.adapter.fc2", k);
+        TRY(lin_fwd(n, a2, y2, a1, fc));
+        TRY(lm_llm_layer_fwd(n->ly[k - 1], A(n, out), A(n, a2), L));
+    }
+    return 0;
+}
+
+static int leb_bwd(lm_net *n)
+{
+    for (int k = n->c.n_layers; k >= 1; k--) {
+        char a1[16], y1[16], a2[16], y2[16], out[16], in[16], fc[32];
+        snprintf(a1, sizeof a1, "leb%d.a1", k);
+        snprintf(y1, sizeof y1, "leb%d.y1", k);
+        snprintf(a2, sizeof a2, "leb%d.a2", k);
+        snprintf(y2, sizeof y2, "leb%d.y2", k);
+        snprintf(out, sizeof out, "leb%d", k);
+        if (k == 1)
+            snprintf(in, sizeof in, "x0");
+        else
+            snprintf(in, sizeof in, "leb%d", k - 1);
+        TRY(lm_llm_layer_bwd(n->ly[k - 1], G(n, a2), G(n, out)));
+        snprintf(fc, sizeof fc, "leb%d.adapter.fc2", k);
+        TRY(lin_bwd(n, a2, y2, a1, fc));
+        snprintf(fc, sizeof fc, "leb%d.adapter.fc1", k);
+        TRY(lin_bwd(n, a1, y1, in, fc));
+    }
+    const lm_net_act_info *i5 = INFO(n, "fm5");
+    const int64_t C = i5->shape[1], L = vox(i5);
+    float *t = scratch(n, 0, 2 * C * L);
+    if (!t)
+        return -1;
+    TRY(LM_OP_CALL(n->be, transpose, t, G(n, "x0"), L, 2 * C, 0));
+    float *ds[2] = {G(n, "fm5"), G(n, "ff5")};
+    int64_t ch[2] = {C, C};
+    return LM_OP_CALL(n->be, split, ds, t, ch, 2, L);
+}
+
+/* ---- decoder (MODEL.md §6, §7) ---------------------------------------------------------------- */
+
+static int shuffle_args(lm_net *n, int j, lm_shuffle_args *s, const char **vol)
+{
+    const int fig = n->c.restore == LM_NET_RESTORE_FIGURE;
+    static char name[16];
+    snprintf(name, sizeof name, fig ? "f%d.s" : "f%d", j);
+    const lm_net_act_info *i5 = INFO(n, "fm5"), *iv = INFO(n, name);
+    s->C = (int)iv->shape[1];
+    grid_of(i5, &s->d);
+    s->f = fig ? 1 << (4 - j) : 1 << (5 - j);
+    s->accumulate = 0;
+    *vol = name;
+    return 0;
+}
+
+static int adapters_fwd(lm_net *n)
+{
+    for (int j = 4; j >= 1; j--) {
+        char a[8], y[8], wb[32], f[8];
+        snprintf(a, sizeof a, "a%d", j);
+        snprintf(y, sizeof y, "a%d.y", j);
+        snprintf(wb, sizeof wb, "dec.adapter%d", j);
+        snprintf(f, sizeof f, "f%d", j);
+        TRY(lin_fwd(n, a, y, "t", wb));
+        lm_shuffle_args s;
+        const char *vol;
+        shuffle_args(n, j, &s, &vol);
+        TRY(LM_OP_CALL(n->be, voxel_shuffle, A(n, vol), A(n, a), &s));
+        if (n->c.restore == LM_NET_RESTORE_FIGURE)
+            TRY(up_fwd(n, f, vol, 0));
+    }
+    return 0;
+}
+
+static int adapters_bwd(lm_net *n)
+{
+    for (int j = 1; j <= 4; j++) {
+        char a[8], y[8], wb[32], f[8];
+        snprintf(a, sizeof a, "a%d", j);
+        snprintf(y, sizeof y, "a%d.y", j);
+        snprintf(wb, sizeof wb, "dec.adapter%d", j);
+        snprintf(f, sizeof f, "f%d", j);
+        lm_shuffle_args s;
+        const char *vol;
+        shuffle_args(n, j, &s, &vol);
+        if (n->c.restore == LM_NET_RESTORE_FIGURE)
+            TRY(up_bwd(n, f, vol, 0));
+        s.accumulate = 1;
+        TRY(LM_OP_CALL(n->be, voxel_unshuffle, G(n, a), G(n, vol), &s));
+        TRY(lin_bwd(n, a, y, "t", wb));
+    }
+    return 0;
+}
+
+int lm_net_decode(lm_net *n)
+{
+    const int llm = lm_net_uses_llm(&n->c);
+    if (llm)
+        TRY(adapters_fwd(n));
+    TRY(pool_fwd(n, "moving2", "moving"));
+    /* S4 */
+    const char *x4[] = {"f4", "fm4", "ff4"};
+    TRY(cat_fwd(n, "x4", x4 + !llm, 3 - !llm));
+    TRY(cbl_fwd(n, "s4", "x4", "dec.s4.conv.weight", "dec.s4.conv.bias"));
+    /* S3 */
+    TRY(up_fwd(n, "s4.up", "s4", 0));
+    const char *x3[] = {"s4.up", "f3", "fm3", "ff3"}, *x3n[] = {"s4.up", "fm3", "ff3"};
+    TRY(cat_fwd(n, "x3", llm ? x3 : x3n, 4 - !llm));
+    TRY(cbl_fwd(n, "s3", "x3", "dec.s3.conv.weight", "dec.s3.conv.bias"));
+    TRY(conv_fwd(n, "phi3", "s3", "dec.s3.head.weight", "dec.s3.head.bias", 1));
+    TRY(up_fwd(n, "phi3.up", "phi3", 1));
+    TRY(warp_fwd(n, "warp2", "moving2", "phi3.up"));
+    /* S2 */
+    TRY(up_fwd(n, "s3.up", "s3", 0));
+    const char *x2[] = {"s3.up", "f2", "fm2", "ff2", "warp2", "phi3.up"},
+               *x2n[] = {"s3.up", "fm2", "ff2", "warp2", "phi3.up"};
+    TRY(cat_fwd(n, "x2", llm ? x2 : x2n, 6 - !llm));
+    TRY(cbl_fwd(n, "s2", "x2", "dec.s2.conv.weight", "dec.s2.conv.bias"));
+    TRY(conv_fwd(n, "r2", "s2", "dec.s2.head.weight", "dec.s2.head.bias", 1));
+    TRY(combine_fwd(n, "psi2", "r2", "phi3.up"));
+    TRY(up_fwd(n, "psi2.up", "psi2", 1));
+    TRY(warp_fwd(n, "warp1", "moving", "psi2.up"));
+    /* S1 */
+    TRY(up_fwd(n, "s2.up", "s2", 0));
+    const char *x1[] = {"s2.up", "f1", "fm1", "ff1", "warp1", "psi2.up"},
+               *x1n[] = {"s2.up", "fm1", "ff1", "warp1", "psi2.up"};
+    TRY(cat_fwd(n, "x1", llm ? x1 : x1n, 6 - !llm));
+    TRY(cbl_fwd(n, "s1", "x1", "dec.s1.conv.weight", "dec.s1.conv.bias"));
+    TRY(conv_fwd(n, "r1", "s1", "dec.s1.head.weight", "dec.s1.head.bias", 1));
+    TRY(combine_fwd(n, "phi", "r1", "psi2.up"));
+    if (n->c.half)
+        TRY(up_fwd(n, "phi_full", "phi", 1));
+    return 0;
+}
+
+static int decode_bwd(lm_net *n)
+{
+    const int llm = lm_net_uses_llm(&n->c);
+    if (n->c.half)
+        TRY(up_bwd(n, "phi_full", "phi", 1));
+    /* S1 */
+    TRY(combine_bwd(n, "phi", "r1", "psi2.up"));
+    TRY(conv_bwd(n, G(n, "r1"), "s1", "dec.s1.head.weight", "dec.s1.head.bias", 3, 1,
+                 G(n, "s1")));
+    TRY(cbl_bwd(n, "s1", "x1", "dec.s1.conv.weight", "dec.s1.conv.bias"));
+    const char *x1[] = {"s2.up", "f1", "fm1", "ff1", "warp1", "psi2.up"},
+               *x1n[] = {"s2.up", "fm1", "ff1", "warp1", "psi2.up"};
+    TRY(cat_bwd(n, "x1", llm ? x1 : x1n, 6 - !llm));
+    TRY(up_bwd(n, "s2.up", "s2", 0));
+    TRY(warp_bwd(n, "warp1", "moving", "psi2.up"));
+    TRY(up_bwd(n, "psi2.up", "psi2", 1));
+    /* S2 */
+    TRY(combine_bwd(n, "psi2", "r2", "phi3.up"));
+    TRY(conv_bwd(n, G(n, "r2"), "s2", "dec.s2.head.weight", "dec.s2.head.bias", 3, 1,
+                 G(n, "s2")));
+    TRY(cbl_bwd(n, "s2", "x2", "dec.s2.conv.weight", "dec.s2.conv.bias"));
+    const char *x2[] = {"s3.up", "f2", "fm2", "ff2", "warp2", "phi3.up"},
+               *x2n[] = {"s3.up", "fm2", "ff2", "warp2", "phi3.up"};
+    TRY(cat_bwd(n, "x2", llm ? x2 : x2n, 6 - !llm));
+    TRY(up_bwd(n, "s3.up", "s3", 0));
+    TRY(warp_bwd(n, "warp2", "moving2", "phi3.up"));
+    TRY(up_bwd(n, "phi3.up", "phi3", 1));
+    /* S3 */
+    TRY(conv_bwd(n, G(n, "phi3"), "s3", "dec.s3.head.weight", "dec.s3.head.bias", 3, 1,
+                 G(n, "s3")));
+    TRY(cbl_bwd(n, "s3", "x3", "dec.s3.conv.weight", "dec.s3.conv.bias"));
+    const char *x3[] = {"s4.up", "f3", "fm3", "ff3"}, *x3n[] = {"s4.up", "fm3", "ff3"};
+    TRY(cat_bwd(n, "x3", llm ? x3 : x3n, 4 - !llm));
+    TRY(up_bwd(n, "s4.up", "s4", 0));
+    /* S4 */
+    TRY(cbl_bwd(n, "s4", "x4", "dec.s4.conv.weight", "dec.s4.conv.bias"));
+    const char *x4[] = {"f4", "fm4", "ff4"};
+    TRY(cat_bwd(n, "x4", x4 + !llm, 3 - !llm));
+    TRY(pool_bwd(n, "moving2", "moving"));
+    if (llm)
+        TRY(adapters_bwd(n));
+    return 0;
+}
+
+int lm_net_forward(lm_net *n)
+{
+    n->have_loss = 0;
+    TRY(lm_net_encode(n));
+    TRY(lm_net_leb(n));
+    return lm_net_decode(n);
+}
+
+/* ---- loss (MODEL.md §9) ----------------------------------------------------------------------- */
+
+int lm_net_loss(lm_net *n, lm_net_loss_value *out, const int32_t *mseg, const int32_t *fseg, int K,
+                const int32_t *classes, const uint8_t *kept)
+{
+    if (K <= 0) {
+        K = n->c.n_classes;
+        classes = n->c.classes;
+        kept = n->c.kept;
+    }
+    if (K <= 0 || K > LM_NET_MAX_CLASSES)
+        return lm_error_set("no label classes for the loss (the config has none)");
+    const char *fname = n->c.half ? "phi_full" : "phi";
+    const lm_net_act_info *fi = INFO(n, fname);
+    const int64_t N = vox(fi);
+    n->K = K;
+    memcpy(n->classes, classes, (size_t)K * sizeof *classes);
+    memcpy(n->kept, kept, (size_t)K);
+    if (n->oh_cap < (int64_t)K * N) {
+        lm_backend_free(n->be, n->oh_m);
+        lm_backend_free(n->be, n->oh_f);
+        lm_backend_free(n->be, n->oh_w);
+        lm_backend_free(n->be, n->lab);
+        n->oh_m = lm_backend_alloc(n->be, (size_t)K * (size_t)N * sizeof(float));
+        n->oh_f = lm_backend_alloc(n->be, (size_t)K * (size_t)N * sizeof(float));
+        n->oh_w = lm_backend_alloc(n->be, (size_t)K * (size_t)N * sizeof(float));
+        n->lab = lm_backend_alloc(n->be, (size_t)N * sizeof(int32_t));
+        n->oh_cap = n->oh_m && n->oh_f && n->oh_w && n->lab ? (int64_t)K * N : 0;
+        if (!n->oh_cap)
+            return lm_error_set("out of memory for the one-hot labels");
+    }
+    if (!n->scal && !(n->scal = lm_backend_alloc(n->be, (4 + LM_NET_MAX_CLASSES) * sizeof(float))))
+        return lm_error_set("out of memory");
+    n->nl = N;
+    lm_onehot_args oa = {K, N, classes};
+    TRY(lm_backend_upload(n->be, n->lab, mseg, (size_t)N * sizeof(int32_t)));
+    TRY(LM_OP_CALL(n->be, onehot, n->oh_m, n->lab, &oa));
+    TRY(lm_backend_upload(n->be, n->lab, fseg, (size_t)N * sizeof(int32_t)));
+    TRY(LM_OP_CALL(n->be, onehot, n->oh_f, n->lab, &oa));
+    lm_warp_args w = {K, 0, 0, 0, LM_PAD_ZEROS};
+    grid_of(fi, &w.D);
+    TRY(LM_OP_CALL(n->be, warp_fwd, n->oh_w, n->oh_m, A(n, fname), &w));
+    lm_dice_args da = {K, N, kept};
+    TRY(LM_OP_CALL(n->be, dice_loss_fwd, n->scal, n->scal + 4, n->oh_w, n->oh_f, &da));
+    lm_vol_args v = {3, w.D, w.H, w.W};
+    TRY(LM_OP_CALL(n->be, grad_l2_fwd, n->scal + 1, A(n, fname), &v));
+    float s[2];
+    TRY(lm_backend_download(n->be, s, n->scal, sizeof s));
+    out->dice = -(double)s[0];
+    out->grad_l2 = s[1];
+    out->loss = (double)s[0] + n->c.lambda * (double)s[1];
+    n->have_loss = 1;
+    return 0;
+}
+
+int lm_net_backward(lm_net *n)
+{
+    if (!n->have_loss)
+        return lm_error_set("lm_net_backward: no loss computed since the last forward");
+    for (int i = 0; i < n->plan.n; i++) {
+        if (n->alias[i] >= 0)
+            continue;
+        if (!n->grad[i] &&
+            !(n->grad[i] = lm_backend_alloc(n->be, (size_t)n->plan.a[i].numel * sizeof(float))))
+            return lm_error_set("out of memory for gradients");
+        TRY(LM_OP_CALL(n->be, fill, n->grad[i], 0.0f, n->plan.a[i].numel));
+    }
+    const char *fname = n->c.half ? "phi_full" : "phi";
+    const lm_net_act_info *fi = INFO(n, fname);
+    const int K = n->K;
+    const int64_t N = n->nl;
+    float *dp = zeroed(n, 2, (int64_t)K * N);
+    if (!dp)
+        return -1;
+    lm_dice_args da = {K, N, n->kept};
+    TRY(LM_OP_CALL(n->be, dice_loss_bwd, dp, n->oh_w, n->oh_f, 1.0f, &da));
+    lm_warp_args w = {K, 0, 0, 0, LM_PAD_ZEROS};
+    grid_of(fi, &w.D);
+    TRY(LM_OP_CALL(n->be, warp_bwd, NULL, G(n, fname), dp, n->oh_m, A(n, fname), &w));
+    lm_vol_args v = {3, w.D, w.H, w.W};
+    TRY(LM_OP_CALL(n->be, grad_l2_bwd, G(n, fname), A(n, fname), (float)n->c.lambda, &v));
+    TRY(decode_bwd(n));
+    if (lm_net_uses_llm(&n->c))
+        TRY(leb_bwd(n));
+    TRY(enc_bwd(n, "moving", "fm"));
+    TRY(enc_bwd(n, "fixed", "ff"));
+    if (n->img_full) {
+        TRY(pool_bwd(n, "moving", "moving_full"));
+        TRY(pool_bwd(n, "fixed", "fixed_full"));
+    }
+    return 0;
+}
+
+int lm_net_image_grad(lm_net *n, float *dm, float *df)
+{
+    const char *m = n->img_full ? "moving_full" : "moving", *f = n->img_full ? "fixed_full" : "fixed";
+    if (!G(n, m))
+        return lm_error_set("no gradients yet (run lm_net_backward)");
+    const size_t b = (size_t)INFO(n, m)->numel * sizeof(float);
+    TRY(lm_backend_download(n->be, dm, G(n, m), b));
+    return lm_backend_download(n->be, df, G(n, f), b);
+}
