@@ -18,6 +18,7 @@ static const lm_option opts[] = {
     {"preset", 'p', "NAME", "abdomen, srreg or tiny (default: the MODEL.md defaults)"},
     {"config", 'c', "JSON", "model config: a JSON file, or inline JSON starting with '{'"},
     {"llm", 0, "DIR", "Hugging Face model folder whose layers the LEBs use"},
+    {"random-llm", 0, "DIR", "write a seeded random LLaMA-shaped folder (64 wide, 5 layers) to DIR"},
     {"layers", 0, "A,B", "LLM layer ids (default: the two middle ones)"},
     {"shape", 0, "DxHxW", "network grid (multiples of 16)"},
     {"seed", 's', "N", "seed of the initialisation (default 1)"},
@@ -29,7 +30,8 @@ static const lm_option opts[] = {
     {0},
 };
 static const lm_cli_spec spec = {
-    "[--preset NAME] [--config JSON] --llm DIR [options] -o CKPT",
+    "[--preset NAME] [--config JSON] --llm DIR [options] -o CKPT\n"
+    "       lm-init --random-llm DIR [--seed N] [-o CKPT ...]",
     "Write a freshly initialised network checkpoint for a model config.",
     opts,
     "Exit status: 0 success, 1 bad input or failed write, 2 usage error.",
@@ -63,7 +65,7 @@ static char *read_file(const char *path)
 int main(int argc, char **argv)
 {
     const char *arg, *out = NULL, *preset = NULL, *cfg = NULL, *llm = NULL, *layers = NULL,
-                     *shape = NULL;
+                     *shape = NULL, *rnd = NULL;
     long seed = 1;
     int c;
     lm_cli_init(argv[0]);
@@ -75,6 +77,8 @@ int main(int argc, char **argv)
             cfg = arg;
         else if (!strcmp(o, "llm"))
             llm = arg;
+        else if (!strcmp(o, "random-llm"))
+            rnd = arg;
         else if (!strcmp(o, "layers"))
             layers = arg;
         else if (!strcmp(o, "shape"))
@@ -90,6 +94,15 @@ int main(int argc, char **argv)
     }
     if (optind < argc)
         lm_usage_error("unexpected operand '%s'", argv[optind]);
+    if (rnd) { /* a stand-in LLM: stories260K's shapes, random weights */
+        const lm_llm_random_shape rs = {64, 172, 5, 8, 4, 512};
+        if (lm_llm_write_random(rnd, &rs, (uint64_t)seed) < 0)
+            lm_die(LM_EXIT_FAIL, "%s", lm_error());
+        if (!out)
+            return LM_EXIT_OK;
+        if (!llm)
+            llm = rnd;
+    }
     if (!out)
         lm_usage_error("-o CKPT is required");
     lm_net_config nc;

@@ -188,4 +188,11 @@ int lm_llm_layer_width(const lm_llm_layer *ly); /* D */
 uint64_t lm_llm_layer_checksum(const lm_llm_layer *ly);
 int lm_llm_layer_index(const lm_llm_layer *ly);
 
+/* A seeded random LLaMA-architecture folder (config.json + model.safetensors, F32): real shapes
+ * and names, meaningless weights, for demos and tests without a pre-trained model. */
+typedef struct {
+    int hidden, ffn, layers, heads, kv_heads, vocab;
+} lm_llm_random_shape;
+int lm_llm_write_random(const char *dir, const lm_llm_random_shape *s, uint64_t seed);
+
 #endif

@@ -113,4 +113,12 @@ if [ -s "$T/ck.safetensors" ]; then
     expect_fail "truncated stream" 1 "truncated" lm-encode -w "$T/ck.safetensors" "$T/cut.lmt" -o "$T/x.lmt"
 fi
 check "no output after failures" [ ! -e "$T/x.lmt" -a ! -e "$T/x.safetensors" ]
+run lm-init --random-llm "$T/rllm" --seed 7
+check "--random-llm writes a folder" [ "$rc" -eq 0 -a -s "$T/rllm/config.json" -a -s "$T/rllm/model.safetensors" ]
+run lm-info -n "$T/rllm/model.safetensors"
+check "--random-llm has stories260K's tensors" grep -q 'model.layers.4.self_attn.k_proj.weight F32  \[32,64\]' "$T/out"
+lm-init --random-llm "$T/rllm2" --seed 7
+check "--random-llm is seeded" cmp -s "$T/rllm/model.safetensors" "$T/rllm2/model.safetensors"
+run lm-init -q --preset tiny --random-llm "$T/rllm3" -o "$T/rck.safetensors"
+check "--random-llm with -o makes a checkpoint over it" [ "$rc" -eq 0 -a -s "$T/rck.safetensors" ]
 finish
