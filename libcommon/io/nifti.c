@@ -271,71 +271,60 @@ int lm_nifti_read(const char *path, int mode, lm_tensor *t, lm_nifti_geom *g)
     double slope = nim->scl_slope, inter = nim->scl_inter;
     int scale = slope != 0 && isfinite(slope) && isfinite(inter) && !(slope == 1 && inter == 0);
     const int64_t nvox = D * H * W;
-    /* Values first, in file order (one pass per datatype), then the axis transpose. */
-    double *val = malloc((size_t)nvox * sizeof *val);
-    if (!val) {
-        lm_error_set("out of memory");
+    /* Straight from the file's type to F32 (or checked I32), transposing the (i, k) plane of
+     * each j in 32x32 tiles that read i contiguously; no intermediate copy. */
+    int64_t bad = -1; /* first non-integer label: file-order index */
+    double badv = 0;
+    const int64_t TB = 32;
+#define LM_READ_T(T)                                                                              \
+    do {                                                                                          \
+        const T *fv = (const T *)nim->data;                                                       \
+        for (int64_t c = 0; c < C; c++)                                                           \
+            for (int64_t j = 0; j < H; j++)                                                       \
+                for (int64_t k0 = 0; k0 < W; k0 += TB)                                            \
+                    for (int64_t i0 = 0; i0 < D; i0 += TB) {                                      \
+                        const int64_t k1 = k0 + TB < W ? k0 + TB : W;                             \
+                        const int64_t i1 = i0 + TB < D ? i0 + TB : D;                             \
+                        for (int64_t k = k0; k < k1; k++) {                                       \
+                            const int64_t fo = c * nvox + D * (j + H * k);                        \
+                            for (int64_t i = i0; i < i1; i++) {                                   \
+                                T x;                                                              \
+                                memcpy(&x, fv + fo + i, sizeof x);                                \
+                                double v = scale ? (double)x * slope + inter : (double)x;         \
+                                const int64_t o = c * nvox + (i * H + j) * W + k;                 \
+                                if (mode != LM_NII_LABELS) {                                      \
+                                    ((float *)t->data)[o] = (float)v;                             \
+                                } else if (!(v == floor(v)) || v < INT32_MIN || v > INT32_MAX) {  \
+                                    if (bad < 0 || fo + i < bad) {                                \
+                                        bad = fo + i;                                             \
+                                        badv = v;                                                 \
+                                    }                                                             \
+                                } else {                                                          \
+                                    ((int32_t *)t->data)[o] = (int32_t)v;                         \
+                                }                                                                 \
+                            }                                                                     \
+                        }                                                                         \
+                    }                                                                             \
+    } while (0)
+    switch (nim->datatype) {
+    case DT_UINT8: LM_READ_T(uint8_t); break;
+    case DT_INT8: LM_READ_T(int8_t); break;
+    case DT_INT16: LM_READ_T(int16_t); break;
+    case DT_UINT16: LM_READ_T(uint16_t); break;
+    case DT_INT32: LM_READ_T(int32_t); break;
+    case DT_UINT32: LM_READ_T(uint32_t); break;
+    case DT_INT64: LM_READ_T(int64_t); break;
+    case DT_UINT64: LM_READ_T(uint64_t); break;
+    case DT_FLOAT32: LM_READ_T(float); break;
+    default: LM_READ_T(double); break;
+    }
+#undef LM_READ_T
+    if (bad >= 0) {
+        int64_t i = bad % nvox;
+        lm_error_set("label map has a non-integer value %g at voxel (%lld,%lld,%lld)", badv,
+                     (long long)(i % D), (long long)(i / D % H), (long long)(i / (D * H)));
         goto fail;
     }
-    for (int64_t c = 0; c < C; c++) {
-        const int64_t base = c * nvox;
-#define LM_CONVERT(T)                                                                             \
-    do {                                                                                          \
-        const T *src = (const T *)nim->data + base;                                               \
-        for (int64_t i = 0; i < nvox; i++) {                                                      \
-            T x;                                                                                  \
-            memcpy(&x, src + i, sizeof x);                                                        \
-            val[i] = (double)x;                                                                   \
-        }                                                                                         \
-    } while (0)
-        switch (nim->datatype) {
-        case DT_UINT8: LM_CONVERT(uint8_t); break;
-        case DT_INT8: LM_CONVERT(int8_t); break;
-        case DT_INT16: LM_CONVERT(int16_t); break;
-        case DT_UINT16: LM_CONVERT(uint16_t); break;
-        case DT_INT32: LM_CONVERT(int32_t); break;
-        case DT_UINT32: LM_CONVERT(uint32_t); break;
-        case DT_INT64: LM_CONVERT(int64_t); break;
-        case DT_UINT64: LM_CONVERT(uint64_t); break;
-        case DT_FLOAT32: LM_CONVERT(float); break;
-        default: LM_CONVERT(double); break;
-        }
-#undef LM_CONVERT
-        if (scale)
-            for (int64_t i = 0; i < nvox; i++)
-                val[i] = val[i] * slope + inter;
-        if (mode == LM_NII_LABELS)
-            for (int64_t i = 0; i < nvox; i++) {
-                double v = val[i];
-                if (!(v == floor(v)) || v < INT32_MIN || v > INT32_MAX) {
-                    lm_error_set("label map has a non-integer value %g at voxel (%lld,%lld,%lld)", v,
-                                 (long long)(i % D), (long long)(i / D % H),
-                                 (long long)(i / (D * H)));
-                    free(val);
-                    goto fail;
-                }
-            }
-        /* out[c][i][j][k] = val[i + D*(j + H*k)]: transpose the (i, k) plane of each j in
-         * 32x32 tiles, reading i contiguously */
-        float *of = (float *)t->data + base;
-        int32_t *oi = (int32_t *)t->data + base;
-        const int64_t TB = 32;
-        for (int64_t j = 0; j < H; j++)
-            for (int64_t k0 = 0; k0 < W; k0 += TB)
-                for (int64_t i0 = 0; i0 < D; i0 += TB) {
-                    const int64_t k1 = k0 + TB < W ? k0 + TB : W, i1 = i0 + TB < D ? i0 + TB : D;
-                    for (int64_t k = k0; k < k1; k++) {
-                        const double *src = val + D * (j + H * k);
-                        if (mode == LM_NII_LABELS)
-                            for (int64_t i = i0; i < i1; i++)
-                                oi[(i * H + j) * W + k] = (int32_t)src[i];
-                        else
-                            for (int64_t i = i0; i < i1; i++)
-                                of[(i * H + j) * W + k] = (float)src[i];
-                    }
-                }
-    }
-    free(val);
     nifti_image_free(nim);
     return 0;
 fail:
@@ -434,14 +423,33 @@ int lm_nifti_write(const char *path, const lm_tensor *t, const lm_nifti_geom *re
         goto done;
     }
     {
-        const unsigned char *src = t->data;
-        unsigned char *dst = buf;
-        for (int64_t c = 0; c < C; c++)
-            for (int64_t i = 0; i < D; i++)
-                for (int64_t j = 0; j < H; j++)
-                    for (int64_t k = 0; k < W; k++)
-                        memcpy(dst + (size_t)(i + D * (j + H * (k + W * c))) * es,
-                               src + (size_t)(((c * D + i) * H + j) * W + k) * es, es);
+        /* dst[i + D*(j + H*(k + W*c))] = src[((c*D + i)*H + j)*W + k], in 32x32 (i,k) tiles
+         * per j, writing i contiguously; one typed loop per element size */
+        const int64_t TB = 32;
+#define LM_TRANSPOSE_OUT(T)                                                                       \
+    do {                                                                                          \
+        const T *src = (const T *)t->data;                                                        \
+        T *dst = (T *)buf;                                                                        \
+        for (int64_t c = 0; c < C; c++)                                                           \
+            for (int64_t j = 0; j < H; j++)                                                       \
+                for (int64_t k0 = 0; k0 < W; k0 += TB)                                            \
+                    for (int64_t i0 = 0; i0 < D; i0 += TB) {                                      \
+                        const int64_t k1 = k0 + TB < W ? k0 + TB : W;                             \
+                        const int64_t i1 = i0 + TB < D ? i0 + TB : D;                             \
+                        for (int64_t k = k0; k < k1; k++) {                                       \
+                            T *d = dst + D * (j + H * (k + W * c));                               \
+                            for (int64_t i = i0; i < i1; i++)                                     \
+                                d[i] = src[((c * D + i) * H + j) * W + k];                        \
+                        }                                                                         \
+                    }                                                                             \
+    } while (0)
+        switch (es) {
+        case 1: LM_TRANSPOSE_OUT(uint8_t); break;
+        case 2: LM_TRANSPOSE_OUT(uint16_t); break;
+        case 4: LM_TRANSPOSE_OUT(uint32_t); break;
+        default: LM_TRANSPOSE_OUT(uint64_t); break;
+        }
+#undef LM_TRANSPOSE_OUT
     }
     nim->data = buf;
     nim->nifti_type = ref->version == 2 ? NIFTI_FTYPE_NIFTI2_1 : NIFTI_FTYPE_NIFTI1_1;
