@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# bench-net.sh [BUILD] — the network on the CPU backend against PyTorch, in the same run:
+#  (1) forward time per pair at the abdomen config (192x160x192 images, half -> 96x80x96 network
+#      input, L = 180, phi_full at the end) with two LLaMA-3-shaped random layers (D 4096, FFN
+#      14336, 32 heads, 8 KV heads, F32, LoRA r 64): BUILD/tests/bench/bench_net --forward (the
+#      net built in memory, lm_net_forward timed) against net_torch.py (the independent reference
+#      tests/reference/llm_morph_ref.py with transformers LlamaDecoderLayer, random init, eval,
+#      no_grad, float32, torch.set_num_threads = the same thread count). Best of REPS forwards
+#      each after a warm-up; peak RSS of each process. Target: C faster than PyTorch.
+#  (2) the stage pipeline lm-encode | lm-leb | lm-decode against lm-register, streaming the same
+#      4 abdomen pairs (lm-synth 192x160x192 + lm-preprocess --half), whole commands, best of
+#      RUNS; per-pair ratio, target <= 1.25x. REDUCED: the LLM here is lm-init --random-llm
+#      (64 wide, stories260K-shaped), not LLaMA-3 (a 1.7 GB folder per run): the ratio measures
+#      the stage/stream overhead around the same encoder/decoder work.
+# Needs python3 with torch and transformers for (1) (skipped without them); ~24 GB machine:
+# each side of (1) peaks at ~2-4 GB. THREADS (default: all cores), REPS (3), RUNS (2).
+set -u
+build=${1:-build}
+here=$(cd "$(dirname "$0")" && pwd)
+bdir=$(cd "$build" && pwd)
+bin=$bdir/bin
+threads=${THREADS:-$(nproc)}
+reps=${REPS:-3}
+runs=${RUNS:-2}
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/lmbench.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+rc=0
+
+# ---- (1) forward per pair, C vs PyTorch --------------------------------------------------------
+if [ ! -x "$bdir/tests/bench/bench_net" ]; then
+    echo "bench-net: (1) skipped ($build/tests/bench/bench_net is not built)"
+elif ! python3 -c 'import torch, transformers' 2>/dev/null; then
+    echo "bench-net: (1) skipped (python3 with torch and transformers is needed)"
+else
+    "$bdir/tests/bench/bench_net" --forward --threads "$threads" --reps "$reps" \
+        >"$tmp/c.txt" 2>"$tmp/c.err" || { cat "$tmp/c.err"; exit 1; }
+    python3 "$here/net_torch.py" --threads "$threads" --reps "$reps" \
+        >"$tmp/p.txt" 2>"$tmp/p.err" || { cat "$tmp/p.err"; exit 1; }
+    read -r _ cb cm _ _ crss <"$tmp/c.txt"
+    read -r _ pb pm _ _ prss <"$tmp/p.txt"
+    echo "network forward per pair, abdomen config (96x80x96, L=180, 2 LLaMA-3-shaped random layers, F32), $threads threads, best of $reps (median):"
+    printf '  C (CPU backend, lm_net_forward)     %8.3f s (%.3f)  peak RSS %6.0f MB\n' "$cb" "$cm" "$(awk -v k="$crss" 'BEGIN{print k/1024}')"
+    printf '  PyTorch %-27s %8.3f s (%.3f)  peak RSS %6.0f MB\n' "$(python3 -c 'import torch; print(torch.__version__.split("+")[0])')" "$pb" "$pm" "$(awk -v k="$prss" 'BEGIN{print k/1024}')"
+    awk -v p="$pb" -v c="$cb" 'BEGIN{printf "  ratio: C is %.2fx faster than PyTorch (target > 1x: %s)\n", p/c, (p>c)?"met":"NOT met"}'
+fi
+
+# ---- (2) stage pipeline vs lm-register, 4 pairs streamed ----------------------------------------
+"$bin/lm-synth" -q -n 4 --shape 192x160x192 -o "$tmp/syn" || exit 1
+"$bin/lm-preprocess" -q --half --pairs "$tmp/syn/pairs.tsv" -o "$tmp/pairs.lmt" || exit 1
+"$bin/lm-init" -q --preset abdomen --random-llm "$tmp/llm" -o "$tmp/ck.safetensors" || exit 1
+ck=$tmp/ck.safetensors
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{print b-a}'; }
+best_r=1e9 best_p=1e9
+for ((i = 0; i < runs; i++)); do
+    t0=$(date +%s.%N)
+    "$bin/lm-register" -q --threads "$threads" -w "$ck" -o "$tmp/reg.lmt" "$tmp/pairs.lmt" || exit 1
+    t1=$(date +%s.%N)
+    "$bin/lm-encode" -q --threads "$threads" -w "$ck" "$tmp/pairs.lmt" |
+        "$bin/lm-leb" -q --threads "$threads" -w "$ck" |
+        "$bin/lm-decode" -q --threads "$threads" -w "$ck" -o "$tmp/pipe.lmt" || exit 1
+    t2=$(date +%s.%N)
+    best_r=$(awk -v a="$best_r" -v b="$(secs "$t0" "$t1")" 'BEGIN{print (b<a)?b:a}')
+    best_p=$(awk -v a="$best_p" -v b="$(secs "$t1" "$t2")" 'BEGIN{print (b<a)?b:a}')
+done
+# each stage alone, file to file (where the pipeline's time goes)
+st=""
+in=$tmp/pairs.lmt
+for s in encode leb decode; do
+    t0=$(date +%s.%N)
+    "$bin/lm-$s" -q --threads "$threads" -w "$ck" -o "$tmp/$s.lmt" "$in" || exit 1
+    t1=$(date +%s.%N)
+    st="$st $s $(awk -v d="$(secs "$t0" "$t1")" 'BEGIN{printf "%.2f", d/4}') s,"
+    in=$tmp/$s.lmt
+done
+nt() { "$bin/lm-info" "$1" 2>/dev/null | awk '/^record 1 /{sub(/.*, /,""); sub(/ tensors.*/,""); print; exit}'; }
+echo "stage pipeline vs lm-register, 4 abdomen pairs streamed (96x80x96 network input, L=180; REDUCED LLM: 64-wide random stories260K-shaped layers, not LLaMA-3), $threads threads, best of $runs:"
+printf '  lm-register                              %7.2f s/pair  (output %4d MB, %s tensors/record)\n' "$(awk -v t="$best_r" 'BEGIN{print t/4}')" "$(($(stat -c %s "$tmp/reg.lmt") >> 20))" "$(nt "$tmp/reg.lmt")"
+printf '  lm-encode | lm-leb | lm-decode           %7.2f s/pair  (output %4d MB, %s tensors/record)\n' "$(awk -v t="$best_p" 'BEGIN{print t/4}')" "$(($(stat -c %s "$tmp/pipe.lmt") >> 20))" "$(nt "$tmp/pipe.lmt")"
+echo "  stages alone, file to file, per pair:${st%,}"
+awk -v p="$best_p" -v r="$best_r" 'BEGIN{printf "  ratio: pipeline / lm-register = %.2fx per pair (target <= 1.25x: %s)\n", p/r, (p/r<=1.25)?"met":"NOT met"}'
+for f in reg pipe; do
+    "$bin/lm-info" "$tmp/$f.lmt" 2>/dev/null | grep -q ' flow_full ' ||
+        echo "  note: the $f output has no flow_full tensor (abdomen is a half config)"
+done
+exit $rc
