@@ -2,19 +2,30 @@
  * own sgemm peak measured in the same run (multi-threaded, all cores, a large square GEMM):
  *   GEMM: LLaMA-3 layer shapes, M = 180 and 1716 tokens, K = 4096, N in {1024, 4096, 14336};
  *   conv3d forward: the abdomen encoder and decoder convolutions (input 96×80×96);
- *   warp: single-channel trilinear warp, voxels/s.
+ *   warp: single-channel trilinear warp, voxels/s, with a white-noise flow (random access, the
+ *   worst case) and a smooth one (what registration produces).
+ * Every figure is the median of several repetitions, and the peak is measured again (median)
+ * just before each section, so a machine shared with other work skews both alike. Ratios are
+ * against the peak of their own section. --cpu-time times with the process's CPU time divided
+ * by the thread count instead of the wall clock: on a machine that other work shares, that is
+ * what the cores would give if they were ours (time a thread spends waiting for another one
+ * still counts, as OpenMP and OpenBLAS threads spin while they wait).
  * Not a test: it prints numbers and always exits 0 unless something fails to run.
- * Usage: bench_kernels [--quick]
+ * Usage: bench_kernels [--quick] [--cpu-time] [--reps N] [--only gemm|conv|warp]...
  */
 #include <cblas.h>
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli/lm_rng.h"
 #include "io/lm_error.h"
 #include "lm_kernels.h"
+
+#define MAX_REPS 31
 
 static float *rnd(int64_t n, uint64_t stream)
 {
@@ -30,24 +41,36 @@ static float *rnd(int64_t n, uint64_t stream)
     return p;
 }
 
-static double now(void) { return omp_get_wtime(); }
+static int cpu_time, nthreads = 1;
 
-static double sgemm_peak(int threads)
+static double now(void)
 {
-    const int n = 2048;
-    float *a = rnd((int64_t)n * n, 1), *b = rnd((int64_t)n * n, 2), *c = rnd((int64_t)n * n, 3);
-    openblas_set_num_threads(threads);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-    double best = 0;
-    for (int r = 0; r < 3; r++) {
-        double t = now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-        double g = 2.0 * n * n * n / (now() - t) / 1e9;
-        best = g > best ? g : best;
-    }
-    openblas_set_num_threads(1); /* what the CPU backend runs with */
-    free(a), free(b), free(c);
-    return best;
+    if (!cpu_time)
+        return omp_get_wtime();
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ((double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec) / nthreads;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static int reps_opt = 5, quick;
+
+static int reps_for(double work, double big)
+{
+    if (quick)
+        return 1;
+    return work > big && reps_opt > 3 ? 3 : reps_opt;
 }
 
 static void check(int rc, const char *what)
@@ -58,49 +81,126 @@ static void check(int rc, const char *what)
     }
 }
 
-int main(int argc, char **argv)
-{
-    int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
-    lm_backend *be = lm_backend_cpu();
-    int threads = omp_get_max_threads();
-    check(lm_backend_set_threads(be, threads), "threads");
-    double peak = sgemm_peak(threads);
-    printf("threads %d; OpenBLAS sgemm peak (2048^3, its own threading): %.1f GFLOP/s\n", threads,
-           peak);
+/* One op of the benchmark: call(ctx) runs it once. */
+typedef struct {
+    lm_backend *be;
+    float *y;
+    const float *x, *b, *flow;
+    const void *w;
+    lm_gemm_args g;
+    lm_conv3d_args c;
+    lm_warp_args wa;
+} op_ctx;
 
-    printf("\n%-34s %10s %8s %8s\n", "GEMM y = x·Wᵀ (f32 weights)", "GFLOP/s", "ratio", "ms");
+typedef void op_fn(const op_ctx *c);
+
+static void op_gemm(const op_ctx *c)
+{
+    check(c->be->gemm_fwd(c->be, c->y, c->x, c->w, NULL, &c->g), "gemm");
+}
+
+static void op_conv(const op_ctx *c)
+{
+    check(c->be->conv3d_fwd(c->be, c->y, c->x, c->w, c->b, &c->c), "conv3d");
+}
+
+static void op_warp(const op_ctx *c)
+{
+    check(c->be->warp_fwd(c->be, c->y, c->x, c->flow, &c->wa), "warp");
+}
+
+static const float *peak_a, *peak_b;
+static float *peak_c;
+
+static void op_peak(const op_ctx *c)
+{
+    (void)c;
+    const int n = 2048;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, peak_a, n, peak_b, n, 0,
+                peak_c, n);
+}
+
+/* Seconds per run: the median of reps samples, each of enough back-to-back runs to last
+ * MIN_SAMPLE_S (after one untimed run), so that short ops are not timed below the clock's
+ * grain (the process CPU clock of other threads advances in scheduler ticks). */
+#define MIN_SAMPLE_S 0.2
+static double time_op(op_fn *fn, const op_ctx *c, int reps)
+{
+    double t0 = now();
+    fn(c);
+    double t1 = now() - t0, t[2 * MAX_REPS + 1];
+    int inner = quick || t1 >= MIN_SAMPLE_S ? 1 : (int)(MIN_SAMPLE_S / (t1 > 1e-6 ? t1 : 1e-6));
+    inner = inner < 1 ? 1 : inner + 1;
+    for (int r = 0; r < reps; r++) {
+        t0 = now();
+        for (int i = 0; i < inner; i++)
+            fn(c);
+        t[r] = (now() - t0) / inner;
+    }
+    return median(t, reps);
+}
+
+static double sgemm_peak(int threads)
+{
+    const int n = 2048;
+    float *a = rnd((int64_t)n * n, 1), *b = rnd((int64_t)n * n, 2), *c = rnd((int64_t)n * n, 3);
+    peak_a = a, peak_b = b, peak_c = c;
+    openblas_set_num_threads(threads);
+    double dt = time_op(op_peak, NULL, quick ? 3 : reps_opt);
+    openblas_set_num_threads(1); /* what the CPU backend runs with */
+    free(a), free(b), free(c);
+    if (cpu_time) { /* let OpenBLAS's idle threads stop spinning before anything else is timed */
+        struct timespec pause = {1, 0};
+        nanosleep(&pause, NULL);
+    }
+    return 2.0 * n * n * n / dt / 1e9;
+}
+
+static double section_peak(const char *title, const char *unit, int threads)
+{
+    double peak = sgemm_peak(threads);
+    printf("\n%-34s %10s %8s %8s   (peak %.1f GFLOP/s)\n", title, unit, "ratio", "ms", peak);
+    return peak;
+}
+
+static void line(const char *name, double flop, double dt, double peak)
+{
+    double g = flop / dt / 1e9;
+    printf("%-34s %10.1f %7.0f%% %8.1f\n", name, g, 100 * g / peak, dt * 1e3);
+    fflush(stdout);
+}
+
+static void bench_gemm(lm_backend *be, int threads)
+{
+    double peak = section_peak("GEMM y = x·Wᵀ", "GFLOP/s", threads);
     const int Ms[2] = {180, 1716}, Ns[3] = {1024, 4096, 14336}, K = 4096;
     float *x = rnd((int64_t)1716 * K, 4), *w = rnd((int64_t)14336 * K, 5);
     float *y = rnd((int64_t)1716 * 14336, 6);
-    for (int mi = 0; mi < 2; mi++)
-        for (int ni = 0; ni < 3; ni++) {
-            lm_gemm_args a = {Ms[mi], Ns[ni], K, LM_F32, 0};
-            double fl = 2.0 * Ms[mi] * Ns[ni] * K;
-            int reps = fl > 5e10 || quick ? 1 : 3;
-            check(be->gemm_fwd(be, y, x, w, NULL, &a), "gemm");
-            double t = now();
-            for (int r = 0; r < reps; r++)
-                check(be->gemm_fwd(be, y, x, w, NULL, &a), "gemm");
-            double dt = (now() - t) / reps, g = fl / dt / 1e9;
-            char name[64];
-            snprintf(name, sizeof name, "M=%d N=%d K=%d", Ms[mi], Ns[ni], K);
-            printf("%-34s %10.1f %7.0f%% %8.1f\n", name, g, 100 * g / peak, dt * 1e3);
-        }
-    {   /* bf16 weights, widened on the fly */
-        uint16_t *wb = malloc((size_t)4096 * K * 2);
-        check(be->cast(be, wb, LM_BF16, w, LM_F32, (int64_t)4096 * K), "cast");
-        lm_gemm_args a = {180, 4096, K, LM_BF16, 0};
-        check(be->gemm_fwd(be, y, x, wb, NULL, &a), "gemm bf16");
-        double t = now();
-        check(be->gemm_fwd(be, y, x, wb, NULL, &a), "gemm bf16");
-        double dt = now() - t, g = 2.0 * 180 * 4096 * K / dt / 1e9;
-        printf("%-34s %10.1f %7.0f%% %8.1f\n", "M=180 N=4096 K=4096 (BF16 W)", g, 100 * g / peak,
-               dt * 1e3);
-        free(wb);
-    }
-    free(x), free(w), free(y);
+    uint16_t *wb = malloc((size_t)14336 * K * 2);
+    if (!wb)
+        check(lm_error_set("out of memory"), "gemm");
+    check(be->cast(be, wb, LM_BF16, w, LM_F32, (int64_t)14336 * K), "cast");
+    for (int bf = 0; bf < 2; bf++)
+        for (int mi = 0; mi < 2; mi++)
+            for (int ni = 0; ni < 3; ni++) {
+                if (bf && quick && (mi || ni != 1))
+                    continue;
+                lm_gemm_args a = {Ms[mi], Ns[ni], K, bf ? LM_BF16 : LM_F32, 0};
+                op_ctx c = {.be = be, .y = y, .x = x, .w = bf ? (const void *)wb : (const void *)w,
+                            .g = a};
+                double fl = 2.0 * Ms[mi] * Ns[ni] * K;
+                double dt = time_op(op_gemm, &c, reps_for(fl, 5e10));
+                char name[64];
+                snprintf(name, sizeof name, "M=%d N=%d K=%d%s", Ms[mi], Ns[ni], K,
+                         bf ? " (BF16 W)" : "");
+                line(name, fl, dt, peak);
+            }
+    free(x), free(w), free(y), free(wb);
+}
 
-    printf("\n%-34s %10s %8s %8s\n", "conv3d forward (abdomen)", "GFLOP/s", "ratio", "ms");
+static void bench_conv(lm_backend *be, int threads)
+{
+    double peak = section_peak("conv3d forward (abdomen)", "GFLOP/s", threads);
     static const struct {
         const char *name;
         int cin, cout, d, h, w, s;
@@ -125,38 +225,106 @@ int main(int argc, char **argv)
         float *cx = rnd(nin, 7), *cw = rnd((int64_t)a.Cout * a.Cin * 27, 8), *cb = rnd(a.Cout, 9);
         float *cy = malloc((size_t)(a.Cout * no) * sizeof *cy);
         double fl = 2.0 * a.Cout * a.Cin * 27 * no;
-        check(be->conv3d_fwd(be, cy, cx, cw, cb, &a), "conv3d");
-        int reps = fl > 2e9 || quick ? 1 : 3;
-        double t = now();
-        for (int r = 0; r < reps; r++)
-            check(be->conv3d_fwd(be, cy, cx, cw, cb, &a), "conv3d");
-        double dt = (now() - t) / reps, g = fl / dt / 1e9;
+        op_ctx c = {.be = be, .y = cy, .x = cx, .w = cw, .b = cb, .c = a};
+        double dt = time_op(op_conv, &c, reps_for(fl, 2e10));
         tot_fl += fl, tot_t += dt;
-        printf("%-34s %10.1f %7.0f%% %8.1f\n", cv[i].name, g, 100 * g / peak, dt * 1e3);
+        line(cv[i].name, fl, dt, peak);
         free(cx), free(cw), free(cb), free(cy);
     }
-    printf("%-34s %10.1f %7.0f%% %8.1f\n", "all of the above", tot_fl / tot_t / 1e9,
-           100 * tot_fl / tot_t / 1e9 / peak, tot_t * 1e3);
+    line("all of the above", tot_fl, tot_t, peak);
+}
 
+/* A smooth field: a few low-frequency sines per component, up to about 4 voxels. */
+static void smooth_flow(float *flow, int D, int H, int W)
+{
+    const int64_t N = (int64_t)D * H * W;
+    const double tau = 6.283185307179586;
+    for (int c = 0; c < 3; c++)
+        for (int z = 0; z < D; z++)
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) {
+                    double u = (double)z / D, v = (double)y / H, s = (double)x / W;
+                    double f = 2.5 * sin(tau * (u + 0.3 * c)) * cos(tau * (0.5 * v + 0.1 * c)) +
+                               1.5 * sin(tau * (2 * s + v + 0.2 * c));
+                    flow[c * N + ((int64_t)z * H + y) * W + x] = (float)f;
+                }
+}
+
+static void bench_warp(lm_backend *be)
+{
     printf("\n%-34s %10s %8s\n", "warp (1 channel, trilinear, zeros)", "Gvox/s", "ms");
     static const int grids[2][3] = {{96, 80, 96}, {192, 160, 192}};
-    for (int gi = 0; gi < 2; gi++) {
-        const int D = grids[gi][0], H = grids[gi][1], W = grids[gi][2];
-        const int64_t N = (int64_t)D * H * W;
-        float *src = rnd(N, 10), *flow = rnd(3 * N, 11), *out = malloc((size_t)N * 4);
-        for (int64_t i = 0; i < 3 * N; i++)
-            flow[i] *= 6.0f;
-        lm_warp_args a = {1, D, H, W, LM_PAD_ZEROS};
-        check(be->warp_fwd(be, out, src, flow, &a), "warp");
-        int reps = quick ? 1 : 3;
-        double t = now();
-        for (int r = 0; r < reps; r++)
-            check(be->warp_fwd(be, out, src, flow, &a), "warp");
-        double dt = (now() - t) / reps;
-        char name[64];
-        snprintf(name, sizeof name, "%dx%dx%d", D, H, W);
-        printf("%-34s %10.3f %8.1f\n", name, N / dt / 1e9, dt * 1e3);
-        free(src), free(flow), free(out);
+    for (int smooth = 0; smooth < 2; smooth++)
+        for (int gi = 0; gi < 2; gi++) {
+            const int D = grids[gi][0], H = grids[gi][1], W = grids[gi][2];
+            const int64_t N = (int64_t)D * H * W;
+            float *src = rnd(N, 10), *flow = rnd(3 * N, 11), *out = malloc((size_t)N * 4);
+            if (smooth)
+                smooth_flow(flow, D, H, W);
+            else
+                for (int64_t i = 0; i < 3 * N; i++)
+                    flow[i] *= 6.0f;
+            op_ctx c = {.be = be, .y = out, .x = src, .flow = flow,
+                        .wa = {1, D, H, W, LM_PAD_ZEROS}};
+            double dt = time_op(op_warp, &c, quick ? 1 : 2 * reps_opt + 1);
+            char name[64];
+            snprintf(name, sizeof name, "%dx%dx%d %s", D, H, W,
+                     smooth ? "smooth flow" : "noise flow x6");
+            printf("%-34s %10.3f %8.1f\n", name, N / dt / 1e9, dt * 1e3);
+            fflush(stdout);
+            free(src), free(flow), free(out);
+        }
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: bench_kernels [--quick] [--cpu-time] [--reps N] [--only gemm|conv|warp]...\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    int want[3] = {0, 0, 0}, any = 0;
+    static const char *const sections[3] = {"gemm", "conv", "warp"};
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0) {
+            quick = 1;
+        } else if (strcmp(argv[i], "--cpu-time") == 0) {
+            cpu_time = 1;
+        } else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
+            char *end;
+            long n = strtol(argv[++i], &end, 10);
+            if (*end || n < 1 || n > MAX_REPS)
+                usage();
+            reps_opt = (int)n;
+        } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+            int k = 0;
+            while (k < 3 && strcmp(argv[i + 1], sections[k]) != 0)
+                k++;
+            if (k == 3)
+                usage();
+            want[k] = any = 1;
+            i++;
+        } else {
+            usage();
+        }
     }
+    if (!any)
+        want[0] = want[1] = want[2] = 1;
+    lm_backend *be = lm_backend_cpu();
+    int threads = omp_get_max_threads();
+    nthreads = threads;
+    check(lm_backend_set_threads(be, threads), "threads");
+    printf("threads %d; peak = OpenBLAS sgemm 2048^3 with its own threading, median of %d, "
+           "measured before each section; figures are medians of %d runs; %s\n",
+           threads, quick ? 3 : reps_opt, quick ? 1 : reps_opt,
+           cpu_time ? "times are process CPU time / threads" : "times are wall clock");
+    if (want[0])
+        bench_gemm(be, threads);
+    if (want[1])
+        bench_conv(be, threads);
+    if (want[2])
+        bench_warp(be);
     return 0;
 }
