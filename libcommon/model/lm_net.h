@@ -211,6 +211,11 @@ int lm_net_stage_decode(lm_net *n, lm_record *rec);   /* tokens, fm1..4, ff1..4,
 int lm_net_stage_register(lm_net *n, lm_record *rec); /* moving, fixed -> flow (all in one) */
 
 typedef int (*lm_net_stage_fn)(lm_net *n, lm_record *rec);
+/* The whole main() of a stage program: options (-w, --llm when with_llm, -o, -f, --device,
+ * --threads, -q, -v, -h, -V), weights and LLM loaded once, every record through `stage`.
+ * Exits with the program's status on errors. */
+int lm_net_tool_main(int argc, char **argv, const char *synopsis, const char *summary,
+                     lm_net_stage_fn stage, const char *what, int with_llm);
 /* The loop of a stage program: every record of the stream `in` ("-" or NULL: stdin) through
  * stage, history appended, written to `out` (NULL: stdout; a file appears only on success).
  * Progress on stderr. 0, or -1 with lm_error "INPUT: record N: reason". */
