@@ -513,6 +513,72 @@ static int adapters_bwd(lm_net *n)
     return 0;
 }
 
+/* Stages S2 and S1 (MODEL.md §7.1), k = 2, 1: with Û = 2·up(u) the coarser field upsampled and
+ * I' = warp(moving_k, Û), x_k = cat(up(s_{k+1}), F_k, Fm_k, Ff_k, I', Û), s_k = CBL(x_k),
+ * r_k = Head(s_k) and out = r_k ⊕ Û. The backward runs the same steps in reverse, in a fixed
+ * order (the gradients of Û and s_{k+1} are sums). */
+typedef struct {
+    char sup[8], s[4], x[4], f[4], fm[4], ff[4], warp[8], r[4], uup[16];
+    char cw[24], cb[24], hw[24], hb[24];
+} stage_names;
+
+static void stage_names_for(stage_names *m, int k, const char *u)
+{
+    snprintf(m->sup, sizeof m->sup, "s%d.up", k + 1);
+    snprintf(m->s, sizeof m->s, "s%d", k);
+    snprintf(m->x, sizeof m->x, "x%d", k);
+    snprintf(m->f, sizeof m->f, "f%d", k);
+    snprintf(m->fm, sizeof m->fm, "fm%d", k);
+    snprintf(m->ff, sizeof m->ff, "ff%d", k);
+    snprintf(m->warp, sizeof m->warp, "warp%d", k);
+    snprintf(m->r, sizeof m->r, "r%d", k);
+    snprintf(m->uup, sizeof m->uup, "%s.up", u);
+    snprintf(m->cw, sizeof m->cw, "dec.s%d.conv.weight", k);
+    snprintf(m->cb, sizeof m->cb, "dec.s%d.conv.bias", k);
+    snprintf(m->hw, sizeof m->hw, "dec.s%d.head.weight", k);
+    snprintf(m->hb, sizeof m->hb, "dec.s%d.head.bias", k);
+}
+
+static int residual_stage_fwd(lm_net *n, int k, const char *out, const char *u,
+                              const char *moving)
+{
+    const int llm = lm_net_uses_llm(&n->c);
+    stage_names m;
+    stage_names_for(&m, k, u);
+    TRY(up_fwd(n, m.uup, u, 1));
+    TRY(warp_fwd(n, m.warp, moving, m.uup));
+    char sk1[4];
+    snprintf(sk1, sizeof sk1, "s%d", k + 1);
+    TRY(up_fwd(n, m.sup, sk1, 0));
+    const char *xs[] = {m.sup, m.f, m.fm, m.ff, m.warp, m.uup},
+               *xn[] = {m.sup, m.fm, m.ff, m.warp, m.uup};
+    TRY(cat_fwd(n, m.x, llm ? xs : xn, 6 - !llm));
+    TRY(cbl_fwd(n, m.s, m.x, m.cw, m.cb));
+    TRY(conv_fwd(n, m.r, m.s, m.hw, m.hb, 1));
+    TRY(combine_fwd(n, out, m.r, m.uup));
+    return 0;
+}
+
+static int residual_stage_bwd(lm_net *n, int k, const char *out, const char *u,
+                              const char *moving)
+{
+    const int llm = lm_net_uses_llm(&n->c);
+    stage_names m;
+    stage_names_for(&m, k, u);
+    TRY(combine_bwd(n, out, m.r, m.uup));
+    TRY(conv_bwd(n, G(n, m.r), m.s, m.hw, m.hb, 3, 1, G(n, m.s)));
+    TRY(cbl_bwd(n, m.s, m.x, m.cw, m.cb));
+    const char *xs[] = {m.sup, m.f, m.fm, m.ff, m.warp, m.uup},
+               *xn[] = {m.sup, m.fm, m.ff, m.warp, m.uup};
+    TRY(cat_bwd(n, m.x, llm ? xs : xn, 6 - !llm));
+    char sk1[4];
+    snprintf(sk1, sizeof sk1, "s%d", k + 1);
+    TRY(up_bwd(n, m.sup, sk1, 0));
+    TRY(warp_bwd(n, m.warp, moving, m.uup));
+    TRY(up_bwd(n, m.uup, u, 1));
+    return 0;
+}
+
 int lm_net_decode(lm_net *n)
 {
     const int llm = lm_net_uses_llm(&n->c);
@@ -529,26 +595,9 @@ int lm_net_decode(lm_net *n)
     TRY(cat_fwd(n, "x3", llm ? x3 : x3n, 4 - !llm));
     TRY(cbl_fwd(n, "s3", "x3", "dec.s3.conv.weight", "dec.s3.conv.bias"));
     TRY(conv_fwd(n, "phi3", "s3", "dec.s3.head.weight", "dec.s3.head.bias", 1));
-    TRY(up_fwd(n, "phi3.up", "phi3", 1));
-    TRY(warp_fwd(n, "warp2", "moving2", "phi3.up"));
-    /* S2 */
-    TRY(up_fwd(n, "s3.up", "s3", 0));
-    const char *x2[] = {"s3.up", "f2", "fm2", "ff2", "warp2", "phi3.up"},
-               *x2n[] = {"s3.up", "fm2", "ff2", "warp2", "phi3.up"};
-    TRY(cat_fwd(n, "x2", llm ? x2 : x2n, 6 - !llm));
-    TRY(cbl_fwd(n, "s2", "x2", "dec.s2.conv.weight", "dec.s2.conv.bias"));
-    TRY(conv_fwd(n, "r2", "s2", "dec.s2.head.weight", "dec.s2.head.bias", 1));
-    TRY(combine_fwd(n, "psi2", "r2", "phi3.up"));
-    TRY(up_fwd(n, "psi2.up", "psi2", 1));
-    TRY(warp_fwd(n, "warp1", "moving", "psi2.up"));
-    /* S1 */
-    TRY(up_fwd(n, "s2.up", "s2", 0));
-    const char *x1[] = {"s2.up", "f1", "fm1", "ff1", "warp1", "psi2.up"},
-               *x1n[] = {"s2.up", "fm1", "ff1", "warp1", "psi2.up"};
-    TRY(cat_fwd(n, "x1", llm ? x1 : x1n, 6 - !llm));
-    TRY(cbl_fwd(n, "s1", "x1", "dec.s1.conv.weight", "dec.s1.conv.bias"));
-    TRY(conv_fwd(n, "r1", "s1", "dec.s1.head.weight", "dec.s1.head.bias", 1));
-    TRY(combine_fwd(n, "phi", "r1", "psi2.up"));
+    /* S2, S1: residual fields on the upsampled coarser ones */
+    TRY(residual_stage_fwd(n, 2, "psi2", "phi3", "moving2"));
+    TRY(residual_stage_fwd(n, 1, "phi", "psi2", "moving"));
     if (n->c.half)
         TRY(up_fwd(n, "phi_full", "phi", 1));
     return 0;
@@ -559,28 +608,8 @@ static int decode_bwd(lm_net *n)
     const int llm = lm_net_uses_llm(&n->c);
     if (n->c.half)
         TRY(up_bwd(n, "phi_full", "phi", 1));
-    /* S1 */
-    TRY(combine_bwd(n, "phi", "r1", "psi2.up"));
-    TRY(conv_bwd(n, G(n, "r1"), "s1", "dec.s1.head.weight", "dec.s1.head.bias", 3, 1,
-                 G(n, "s1")));
-    TRY(cbl_bwd(n, "s1", "x1", "dec.s1.conv.weight", "dec.s1.conv.bias"));
-    const char *x1[] = {"s2.up", "f1", "fm1", "ff1", "warp1", "psi2.up"},
-               *x1n[] = {"s2.up", "fm1", "ff1", "warp1", "psi2.up"};
-    TRY(cat_bwd(n, "x1", llm ? x1 : x1n, 6 - !llm));
-    TRY(up_bwd(n, "s2.up", "s2", 0));
-    TRY(warp_bwd(n, "warp1", "moving", "psi2.up"));
-    TRY(up_bwd(n, "psi2.up", "psi2", 1));
-    /* S2 */
-    TRY(combine_bwd(n, "psi2", "r2", "phi3.up"));
-    TRY(conv_bwd(n, G(n, "r2"), "s2", "dec.s2.head.weight", "dec.s2.head.bias", 3, 1,
-                 G(n, "s2")));
-    TRY(cbl_bwd(n, "s2", "x2", "dec.s2.conv.weight", "dec.s2.conv.bias"));
-    const char *x2[] = {"s3.up", "f2", "fm2", "ff2", "warp2", "phi3.up"},
-               *x2n[] = {"s3.up", "fm2", "ff2", "warp2", "phi3.up"};
-    TRY(cat_bwd(n, "x2", llm ? x2 : x2n, 6 - !llm));
-    TRY(up_bwd(n, "s3.up", "s3", 0));
-    TRY(warp_bwd(n, "warp2", "moving2", "phi3.up"));
-    TRY(up_bwd(n, "phi3.up", "phi3", 1));
+    TRY(residual_stage_bwd(n, 1, "phi", "psi2", "moving"));
+    TRY(residual_stage_bwd(n, 2, "psi2", "phi3", "moving2"));
     /* S3 */
     TRY(conv_bwd(n, G(n, "phi3"), "s3", "dec.s3.head.weight", "dec.s3.head.bias", 3, 1,
                  G(n, "s3")));
