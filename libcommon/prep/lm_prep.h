@@ -71,4 +71,61 @@ int lm_labels_present(const int32_t *v, int64_t n, long *out, int cap);
 void lm_field_vox_to_lps_mm(float *out, const float *flow, int64_t n, const double affine[16]);
 int lm_field_lps_mm_to_vox(float *out, const float *field, int64_t n, const double affine[16]);
 
+/* ---- one pair, NIfTI files -> a stream record (pair.c; lm-preprocess and lm-register) ---- */
+
+#include "io/lm_tensor.h"
+
+typedef struct {
+    lm_modality mod_m, mod_f;
+    double window[2], pct;
+    int have_shape, have_spacing, crop_pad, pad, any_shape, half, align;
+    int64_t shape[3];
+    double spacing[3];
+    const char *like;
+    long keep[256];
+    int nkeep;
+} lm_prep_opts;
+
+typedef struct {
+    char *f[4]; /* moving, fixed, moving_seg, fixed_seg (segs may be NULL) */
+    char *id;
+} lm_prep_pair;
+
+/* The defaults: moving MR, fixed CT, window -180..400 HU, MR 95th percentile, fixed grid. */
+void lm_prep_opts_default(lm_prep_opts *o);
+/* The option table rows of the preprocessing options (lm_option initialisers, the same text in
+ * every program), and their parser: 1 if `name` (a long option name) is one of them (a bad
+ * value is a usage error, exit 2), 0 otherwise. lm_prep_opts_check: cross-option rules. */
+#define LM_PREP_OPTION_ROWS                                                                       \
+    {"modality-moving", 0, "M", "ct, mr or raw (default mr)"},                                   \
+        {"modality-fixed", 0, "M", "ct, mr or raw (default ct)"},                                \
+        {"ct-window", 0, "LO,HI", "CT clip window in HU (default -180,400)"},                    \
+        {"mr-percentile", 0, "P", "MR clip to [0, P-th percentile] (default 95)"},               \
+        {"shape", 0, "DxHxW", "target grid shape (with --spacing, --crop-pad or alone)"},        \
+        {"spacing", 0, "S[,S,S]", "target spacing in mm (with --shape)"},                        \
+        {"like", 0, "FILE", "target grid of this NIfTI file"},                                   \
+        {"crop-pad", 0, NULL, "with --shape: centre-crop/pad the fixed grid, no resampling"},    \
+        {"pad", 0, NULL, "pad the grid to the next multiple of 16 (32 with --half)"},            \
+        {"any-shape", 0, NULL, "accept a grid the network cannot take (not a multiple of 16)"},  \
+        {"half", 0, NULL, "half resolution: 2x2x2-average-pool the images, keep full labels"},   \
+        {"align-centres", 0, NULL,                                                               \
+         "translate the moving image so its grid centre is the fixed one's"},                    \
+        {"labels", 'l', "LIST", "keep these label ids, renumbered 1..K in this order"}
+int lm_prep_option(lm_prep_opts *o, const char *name, const char *arg);
+void lm_prep_opts_check(const lm_prep_opts *o);
+
+/* The pair list: TSV, columns moving, fixed[, moving_seg, fixed_seg[, pair id]], '#' comments,
+ * an optional header line starting "moving"; relative paths resolved against the list's
+ * folder; pair id default: the moving file's name without .nii[.gz]. */
+int lm_prep_read_pairs(const char *list, lm_prep_pair **out, int *n);
+void lm_prep_free_pairs(lm_prep_pair *p, int n);
+char *lm_prep_stem(const char *path); /* malloc'd */
+
+/* Reads the pair's files and builds its record: moving, fixed ([1,1,D,H,W] F32, halved with
+ * --half), moving_seg, fixed_seg (full grid, smallest integer dtype), metadata pair, affine,
+ * spacing, full_shape, modality_*, half, align, labels[, labels_source], history (argc/argv).
+ * On failure rec is freed and the error names the file. */
+int lm_prep_pair_record(const lm_prep_opts *o, const lm_prep_pair *pr, lm_record *rec, int argc,
+                        char **argv);
+
 #endif
