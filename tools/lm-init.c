@@ -124,15 +124,16 @@ int main(int argc, char **argv)
         for (int i = 0; i < 3; i++)
             nc.shape[i] = v[i];
     }
-    if (nc.ablation == LM_NET_ABL_VIT && lm_net_config_check(&nc) < 0)
-        lm_die(LM_EXIT_FAIL, "%s", lm_error());
     if (!llm && nc.llm[0])
         llm = nc.llm;
     lm_llm m;
     memset(&m, 0, sizeof m);
-    int use_llm = lm_net_uses_llm(&nc);
+    int use_llm = lm_net_uses_llm(&nc); /* vit too: the folder gives its width and heads */
+    if (layers && !lm_net_uses_llm_layers(&nc))
+        lm_usage_error("--layers: this config uses no LLM layers");
     if (use_llm && !llm)
-        lm_usage_error("--llm DIR is required (the config's LEBs use LLM layers)");
+        lm_usage_error("--llm DIR is required (the config's LEBs use LLM layers%s)",
+                       lm_net_uses_llm_layers(&nc) ? "" : "' width and head count");
     if (use_llm) {
         if (lm_llm_open(&m, llm) < 0)
             lm_die_error(llm);
@@ -142,8 +143,6 @@ int main(int argc, char **argv)
         snprintf(nc.llm, sizeof nc.llm, "%s", llm);
         if (lm_net_config_set_llm(&nc, &m, ids, k) < 0)
             lm_die_error(llm);
-    } else if (layers) {
-        lm_usage_error("--layers: this config uses no LLM layers");
     }
     if (lm_net_config_check(&nc) < 0)
         lm_die(LM_EXIT_FAIL, "%s", lm_error());
@@ -168,8 +167,8 @@ int main(int argc, char **argv)
         tot += lm_net_param_at(n, i)->numel;
     if (lm_verbose >= 0)
         lm_msg("%s: %d tensors, %lld trainable parameters%s%s", out, lm_net_param_count(n),
-               (long long)tot, use_llm ? ", LLM layers checksum " : "",
-               use_llm ? lm_net_llm_checksum(n) : "");
+               (long long)tot, lm_net_uses_llm_layers(&nc) ? ", LLM layers checksum " : "",
+               lm_net_uses_llm_layers(&nc) ? lm_net_llm_checksum(n) : "");
     lm_net_free(n);
     lm_llm_close(&m);
     return LM_EXIT_OK;

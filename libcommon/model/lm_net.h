@@ -13,8 +13,24 @@
  *
  * Variants (config "ablation"): "none" (variant T or F by "restore"), "no-leb" (Table 2: no
  * LEBs and adapters; F_j dropped from every stage), "one-leb" (only LEB1 with the first of
- * the layers), "no-lora" (rank 0). "vit" (ViT blocks instead of the LEBs) is refused as not
- * implemented.
+ * the layers), "no-lora" (rank 0), "vit" (Table 2 ablation 2, MODEL.md §15 row 33: in each
+ * LEB the frozen LLM layer + LoRA is replaced by a trainable pre-LN ViT block of width
+ * D = llm_hidden; Adapter0 stays):
+ *     y = h + fc2(GELU(fc1(LN2(h)))),   h = x + proj(MHSA(LN1(x)))
+ * with LayerNorm eps 1e-5 and elementwise affine (PyTorch nn.LayerNorm defaults; timm and
+ * torchvision ViTs use 1e-6), MHSA over llm_heads heads (the LLM's head count: 32 at 4096)
+ * of width D/llm_heads with one qkv Linear(D, 3D) with bias whose rows are q | k | v (heads
+ * contiguous in each, as timm/nn.MultiheadAttention), scores q·kᵀ/√(D/heads), bidirectional,
+ * no RoPE and no position embedding (a standard ViT block; the config holds rope false, mask
+ * bidirectional, lora_rank 0, layers []), proj Linear(D, D), GELU in the exact erf form
+ * (nn.GELU default), MLP width 4D. Tensors leb{1,2}.vit.{ln1,qkv,proj,ln2,fc1,fc2}.{weight,
+ * bias} (§18); init as PyTorch's modules: Linears U(±1/√in) for weight and bias, LayerNorm
+ * weight 1 and bias 0 (timm would draw trunc-normal(0.02) weights and zero biases). Position
+ * embeddings belong to a ViT's patch embedding, not to its blocks, and the tokeniser here has
+ * none: attention in these blocks is position-blind (each token still restores to its own
+ * voxels). The LLM folder only gives D and the head count: no layer is loaded, the
+ * checkpoint's lm.llm holds the folder's config.json and "layers": [] but no checksum, and
+ * attaching an LLM folder to a vit net only checks its width and head count.
  *
  * Not here: the LLM layer itself (lm_llm.h), training loop and optimiser state (lm-train).
  */
@@ -42,10 +58,11 @@ typedef struct {
     int64_t shape[3];     /* network grid D,H,W (each a multiple of 16) */
     int half;             /* images and labels at 2x the grid; flow_full = 2·up(flow) */
     char llm[1024];       /* the LLM folder given at init (informational: stages take --llm) */
-    int n_layers;         /* 2, or 1 for one-leb, 0 for no-leb */
+    int n_layers;         /* LLM layers: 2, or 1 for one-leb, 0 for no-leb and vit */
     int layers[2];        /* LLM layer ids of LEB1, LEB2 */
     int llm_hidden;       /* D of the LLM; q/kv output widths for the LoRA B shapes */
     int llm_q_dim, llm_kv_dim;
+    int llm_heads;        /* the LLM's attention heads (the ViT blocks' head count); 0 unknown */
     int a0_hidden;        /* Adapter0 inner width (default D) */
     int lora_rank;        /* 0 = no LoRA */
     double lora_alpha;
@@ -74,12 +91,18 @@ char *lm_net_config_json(const lm_net_config *c);
 int lm_net_config_set_llm(lm_net_config *c, const lm_llm *m, const int *layers, int n);
 /* Consistency: grid multiple of 16, widths, implemented variant. */
 int lm_net_config_check(const lm_net_config *c);
-int lm_net_uses_llm(const lm_net_config *c); /* 0 for no-leb */
+/* 1 when the config has the LEB path (Adapter0s, LEB blocks, decoder adapters) and takes its
+ * widths from an LLM folder: every variant but no-leb. */
+int lm_net_uses_llm(const lm_net_config *c);
+/* 1 when frozen LLM layers are attached and run (not no-leb, not vit). */
+int lm_net_uses_llm_layers(const lm_net_config *c);
+/* Number of LEBs: 2, 1 for one-leb, 0 for no-leb. */
+int lm_net_lebs(const lm_net_config *c);
 int64_t lm_net_tokens(const lm_net_config *c); /* L = (D/16)(H/16)(W/16) */
 
 /* ---- shape plan: every activation of the forward, by name ------------------------------------- */
 
-#define LM_NET_MAX_ACT 96
+#define LM_NET_MAX_ACT 128
 typedef struct {
     char name[24];
     int ndim;
@@ -96,6 +119,7 @@ typedef struct {
  *   moving fixed moving2 fm1..fm5 ff1..ff5 x0 leb1.* leb1 leb2.* t a4..a1 f4..f1 x4 s4.c s4
  *   s4.up x3 s3.c s3 phi3 phi3.up warp2 s3.up x2 s2.c s2 r2 psi2 psi2.up warp1 s2.up x1 s1.c
  *   s1 r1 phi [phi_full]
+ * (vit: leb<k>.ln1 .q .k .v .p [1,heads,L,L] .o .h .ln2 .m .g of the ViT block, before leb<k>)
  * (MODEL.md §7.1: x4 = X4, s4 = F'4, phi3.up = φ̂3, warp2 = I_m²', psi2.up = ψ̂2, ...). */
 int lm_net_plan_make(lm_net_plan *p, const lm_net_config *c);
 const lm_net_act_info *lm_net_plan_get(const lm_net_plan *p, const char *name);
@@ -113,7 +137,7 @@ typedef struct {
 } lm_net_param;
 
 enum { LM_NET_P_WEIGHT = 0, LM_NET_P_BIAS, LM_NET_P_HEAD_W, LM_NET_P_HEAD_B, LM_NET_P_LORA_A,
-       LM_NET_P_LORA_B };
+       LM_NET_P_LORA_B, LM_NET_P_LN_W, LM_NET_P_LN_B };
 
 typedef struct lm_net lm_net;
 
@@ -127,7 +151,8 @@ const lm_net_plan *lm_net_get_plan(const lm_net *n);
 /* Loads the config's layers from m (BF16 stays BF16 unless wdtype says otherwise) with the
  * config's LoRA/mask/RoPE options. With expect_checksum (a "xxh64:..." string, or NULL), a
  * different checksum of the layers is an error. Pending LoRA values (from a checkpoint) are
- * uploaded into the layers. */
+ * uploaded into the layers. No-leb: nothing. Vit: no layer is loaded; m's width and head count
+ * must be the config's (expect_checksum is ignored: a vit checkpoint records none). */
 int lm_net_attach_llm(lm_net *n, lm_llm *m, lm_dtype wdtype, const char *expect_checksum);
 /* Attaches already created layers (tests): n->layers take ownership. */
 int lm_net_attach_layers(lm_net *n, lm_llm_layer **layers, int count);
@@ -146,12 +171,15 @@ lm_net_param *lm_net_param_find(lm_net *n, const char *name);
 int lm_net_zero_grad(lm_net *n);
 
 /* PyTorch-default init (MODEL.md §3, §5.5, §7): conv/linear U(±1/√fan_in) for weights and
- * biases, heads N(0, 1e-5²) weights and zero bias, LoRA A U(±1/√D), B = 0. Tensor t (in §18
+ * biases (the vit blocks' Linears too: nn.Linear's kaiming_uniform(a=√5) and bias bound),
+ * LayerNorm weight 1 and bias 0 (nn.LayerNorm), heads N(0, 1e-5²) weights and zero bias,
+ * LoRA A U(±1/√D), B = 0. Tensor t (in §18
  * order) draws from Philox stream t of seed (row-major); LoRA of LEB k through
  * lm_llm_layer_lora_init(seed, 1<<32 | 16k). Needs the LLM attached when LoRA is on, else the
  * LoRA tensors stay pending and are drawn on attach. */
 int lm_net_init(lm_net *n, uint64_t seed);
-/* The hash fill of tests/reference/NET_GOLDEN.md (needs the LLM attached for LoRA). */
+/* The hash fill of tests/reference/NET_GOLDEN.md (needs the LLM attached for LoRA); vit
+ * LayerNorm weights are 1 + hash (bound 0.25), their biases hash (bound 0.1). */
 int lm_net_fill_hash(lm_net *n);
 /* One element of the NET_GOLDEN.md hash: tensor t, element j, bound b. */
 float lm_net_hash_value(uint64_t t, uint64_t j, float b);

@@ -58,6 +58,16 @@ int lm_net_uses_llm(const lm_net_config *c)
     return c->ablation != LM_NET_ABL_NO_LEB;
 }
 
+int lm_net_uses_llm_layers(const lm_net_config *c)
+{
+    return c->ablation != LM_NET_ABL_NO_LEB && c->ablation != LM_NET_ABL_VIT;
+}
+
+int lm_net_lebs(const lm_net_config *c)
+{
+    return c->ablation == LM_NET_ABL_NO_LEB ? 0 : c->ablation == LM_NET_ABL_ONE_LEB ? 1 : 2;
+}
+
 int64_t lm_net_tokens(const lm_net_config *c)
 {
     return (c->shape[0] / 16) * (c->shape[1] / 16) * (c->shape[2] / 16);
@@ -65,7 +75,7 @@ int64_t lm_net_tokens(const lm_net_config *c)
 
 static int want_layers(const lm_net_config *c)
 {
-    return c->ablation == LM_NET_ABL_NO_LEB ? 0 : c->ablation == LM_NET_ABL_ONE_LEB ? 1 : 2;
+    return lm_net_uses_llm_layers(c) ? lm_net_lebs(c) : 0;
 }
 
 int lm_net_config_check(const lm_net_config *c)
@@ -79,13 +89,13 @@ int lm_net_config_check(const lm_net_config *c)
     for (int i = 0; i < 5; i++)
         if (c->enc[i] < 1 || c->enc[i] > 4096)
             return lm_error_set("config: encoder width %d out of range", c->enc[i]);
-    if (c->ablation == LM_NET_ABL_VIT)
-        return lm_error_set("config: ablation 'vit' (ViT blocks instead of the LEBs) is not "
-                            "implemented");
     if (c->lora_rank < 0 || c->lora_rank > 65536 || !isfinite(c->lora_alpha))
         return lm_error_set("config: bad LoRA rank %d or alpha", c->lora_rank);
     if (c->ablation == LM_NET_ABL_NO_LORA && c->lora_rank != 0)
         return lm_error_set("config: ablation 'no-lora' needs lora_rank 0");
+    if (c->ablation == LM_NET_ABL_VIT && (c->lora_rank != 0 || c->rope || c->causal))
+        return lm_error_set("config: ablation 'vit' (standard ViT blocks) has no LoRA, no RoPE "
+                            "and no causal mask: lora_rank 0, rope false, mask bidirectional");
     if (!isfinite(c->lambda) || c->lambda < 0)
         return lm_error_set("config: lambda must be a finite number >= 0");
     if (c->n_classes < 0 || c->n_classes > LM_NET_MAX_CLASSES)
@@ -98,6 +108,11 @@ int lm_net_config_check(const lm_net_config *c)
         if (c->llm_hidden < 1 || c->llm_q_dim < 1 || c->llm_kv_dim < 1 || c->a0_hidden < 1)
             return lm_error_set("config: the LLM widths (llm_hidden, llm_q_dim, llm_kv_dim) are "
                                 "not set (give --llm)");
+        if (c->ablation == LM_NET_ABL_VIT &&
+            (c->llm_heads < 1 || c->llm_hidden % c->llm_heads))
+            return lm_error_set("config: vit needs the LLM's head count llm_heads (%d), a "
+                                "divisor of llm_hidden %d (give --llm)",
+                                c->llm_heads, c->llm_hidden);
     }
     return 0;
 }
@@ -196,6 +211,8 @@ int lm_net_config_parse(lm_net_config *c, const char *json)
             rc = get_int(e, k, &c->llm_q_dim, 1, 1 << 20);
         } else if (!strcmp(k, "llm_kv_dim")) {
             rc = get_int(e, k, &c->llm_kv_dim, 1, 1 << 20);
+        } else if (!strcmp(k, "llm_heads")) {
+            rc = get_int(e, k, &c->llm_heads, 0, 1 << 20);
         } else if (!strcmp(k, "a0_hidden")) {
             rc = get_int(e, k, &c->a0_hidden, 1, 1 << 20);
         } else if (!strcmp(k, "lora_rank")) {
@@ -218,6 +235,12 @@ int lm_net_config_parse(lm_net_config *c, const char *json)
             rc = get_choice(e, k, abl_names, 5, &c->ablation);
             if (rc == 0 && c->ablation == LM_NET_ABL_NO_LORA)
                 c->lora_rank = 0;
+            if (rc == 0 && c->ablation == LM_NET_ABL_VIT) {
+                /* a standard ViT block: no LoRA, no RoPE, no LLM layers */
+                c->lora_rank = 0;
+                c->rope = 0;
+                c->n_layers = 0;
+            }
         } else if (!strcmp(k, "encoder")) {
             if ((rc = get_int_array(e, k, v64, 5, 1, 4096)) == 0)
                 for (int i = 0; i < 5; i++)
@@ -278,6 +301,7 @@ char *lm_net_config_json(const lm_net_config *c)
     cJSON_AddNumberToObject(j, "llm_hidden", c->llm_hidden);
     cJSON_AddNumberToObject(j, "llm_q_dim", c->llm_q_dim);
     cJSON_AddNumberToObject(j, "llm_kv_dim", c->llm_kv_dim);
+    cJSON_AddNumberToObject(j, "llm_heads", c->llm_heads);
     cJSON_AddNumberToObject(j, "a0_hidden", c->a0_hidden);
     cJSON_AddNumberToObject(j, "lora_rank", c->lora_rank);
     cJSON_AddNumberToObject(j, "lora_alpha", c->lora_alpha);
@@ -309,6 +333,9 @@ int lm_net_config_set_llm(lm_net_config *c, const lm_llm *m, const int *layers, 
     const lm_llm_config *lc = &m->cfg;
     int want = want_layers(c);
     if (n > 0) {
+        if (c->ablation == LM_NET_ABL_VIT)
+            return lm_error_set("vit uses no LLM layers (its ViT blocks only take the LLM's "
+                                "width and head count); %d given", n);
         if (n != want)
             return lm_error_set("%s needs %d LLM layer%s, %d given", abl_names[c->ablation],
                                 want, want == 1 ? "" : "s", n);
@@ -332,6 +359,10 @@ int lm_net_config_set_llm(lm_net_config *c, const lm_llm *m, const int *layers, 
     c->llm_hidden = lc->hidden;
     c->llm_q_dim = lc->n_heads * lc->head_dim;
     c->llm_kv_dim = lc->n_kv_heads * lc->head_dim;
+    c->llm_heads = lc->n_heads;
+    if (c->ablation == LM_NET_ABL_VIT && c->llm_hidden % c->llm_heads)
+        return lm_error_set("vit: the LLM's width %d is not a multiple of its %d heads",
+                            c->llm_hidden, c->llm_heads);
     if (a0_was_default)
         c->a0_hidden = lc->hidden;
     if (!c->llm[0])
@@ -391,7 +422,7 @@ int lm_net_plan_make(lm_net_plan *p, const lm_net_config *c)
     if (llm) {
         const int64_t D = c->llm_hidden, H = c->a0_hidden;
         add(p, "x0", 3, 1, L, 2 * e[4], 0, 0);
-        for (int k = 1; k <= c->n_layers; k++) {
+        for (int k = 1; k <= lm_net_lebs(c); k++) {
             snprintf(nm, sizeof nm, "leb%d.y1", k);
             add(p, nm, 3, 1, L, H, 0, 0);
             snprintf(nm, sizeof nm, "leb%d.a1", k);
@@ -400,6 +431,19 @@ int lm_net_plan_make(lm_net_plan *p, const lm_net_config *c)
             add(p, nm, 3, 1, L, D, 0, 0);
             snprintf(nm, sizeof nm, "leb%d.a2", k);
             add(p, nm, 3, 1, L, D, 0, 0);
+            if (c->ablation == LM_NET_ABL_VIT) { /* the ViT block's activations */
+                static const char *const tk[] = {"ln1", "q", "k", "v", "o", "h", "ln2"};
+                for (int i = 0; i < 7; i++) {
+                    snprintf(nm, sizeof nm, "leb%d.%s", k, tk[i]);
+                    add(p, nm, 3, 1, L, D, 0, 0);
+                }
+                snprintf(nm, sizeof nm, "leb%d.p", k);
+                add(p, nm, 4, 1, c->llm_heads, L, L, 0);
+                snprintf(nm, sizeof nm, "leb%d.m", k);
+                add(p, nm, 3, 1, L, 4 * D, 0, 0);
+                snprintf(nm, sizeof nm, "leb%d.g", k);
+                add(p, nm, 3, 1, L, 4 * D, 0, 0);
+            }
             snprintf(nm, sizeof nm, "leb%d", k);
             add(p, nm, 3, 1, L, D, 0, 0);
         }

@@ -5,7 +5,7 @@
 #include "lm_kernels.h"
 #include "model/lm_net.h"
 
-#define NET_MAX_PARAMS 64
+#define NET_MAX_PARAMS 96
 
 struct lm_net {
     lm_backend *be;

@@ -391,6 +391,118 @@ int lm_net_encode(lm_net *n)
     return enc_fwd(n, "fixed", "ff");
 }
 
+/* ---- the ViT block of the vit ablation (MODEL.md §15 row 33; lm_net.h) ---------------------------
+ * x = leb<k>.a2 (Adapter0's output), y = leb<k>, tokens [L, D] (D = llm_hidden):
+ *   ln1 = LN(x); q|k|v = ln1 Wqkvᵀ + bqkv (rows q | k | v of the one qkv Linear);
+ *   o = MHSA(q, k, v) (llm_heads heads, bidirectional, no RoPE); h = x + o Wprojᵀ + bproj;
+ *   ln2 = LN(h); m = ln2 W1ᵀ + b1; g = GELU(m); y = h + g W2ᵀ + b2.
+ * LayerNorm eps 1e-5 with weight and bias; mean/rstd [L] kept in the stat buffer of ln1/ln2. */
+
+static const float LN_EPS = 1e-5f;
+
+typedef struct {
+    char x[24], y[24], ln1[24], q[24], k[24], v[24], p[24], o[24], h[24], ln2[24], m[24], g[24];
+    char w[12][48]; /* ln1.w, ln1.b, qkv.w, qkv.b, proj.w, proj.b, ln2.w, ln2.b, fc1.w, ... */
+} vit_names;
+
+static void vit_names_for(vit_names *v, int k)
+{
+    static const char *const parts[6] = {"ln1", "qkv", "proj", "ln2", "fc1", "fc2"};
+    snprintf(v->x, sizeof v->x, "leb%d.a2", k);
+    snprintf(v->y, sizeof v->y, "leb%d", k);
+    snprintf(v->ln1, sizeof v->ln1, "leb%d.ln1", k);
+    snprintf(v->q, sizeof v->q, "leb%d.q", k);
+    snprintf(v->k, sizeof v->k, "leb%d.k", k);
+    snprintf(v->v, sizeof v->v, "leb%d.v", k);
+    snprintf(v->p, sizeof v->p, "leb%d.p", k);
+    snprintf(v->o, sizeof v->o, "leb%d.o", k);
+    snprintf(v->h, sizeof v->h, "leb%d.h", k);
+    snprintf(v->ln2, sizeof v->ln2, "leb%d.ln2", k);
+    snprintf(v->m, sizeof v->m, "leb%d.m", k);
+    snprintf(v->g, sizeof v->g, "leb%d.g", k);
+    for (int i = 0; i < 6; i++) {
+        snprintf(v->w[2 * i], sizeof v->w[0], "leb%d.vit.%s.weight", k, parts[i]);
+        snprintf(v->w[2 * i + 1], sizeof v->w[0], "leb%d.vit.%s.bias", k, parts[i]);
+    }
+}
+
+enum { VW_LN1, VB_LN1, VW_QKV, VB_QKV, VW_PROJ, VB_PROJ, VW_LN2, VB_LN2, VW_FC1, VB_FC1, VW_FC2,
+       VB_FC2 };
+
+static int vit_fwd(lm_net *n, int k, int64_t L)
+{
+    vit_names v;
+    vit_names_for(&v, k);
+    const int64_t D = n->c.llm_hidden;
+    const int H = n->c.llm_heads;
+    lm_rownorm_args rn = {L, D, LN_EPS};
+    float *s1 = stat(n, v.ln1, L), *s2 = stat(n, v.ln2, L);
+    if (!s1 || !s2)
+        return -1;
+    TRY(LM_OP_CALL(n->be, layernorm_fwd, A(n, v.ln1), s1, s1 + L, A(n, v.x), PV(n, v.w[VW_LN1]),
+                   PV(n, v.w[VB_LN1]), &rn));
+    /* q, k, v: row blocks 0, 1, 2 of the qkv Linear */
+    const float *wqkv = PV(n, v.w[VW_QKV]), *bqkv = PV(n, v.w[VB_QKV]);
+    float *qkv[3] = {A(n, v.q), A(n, v.k), A(n, v.v)};
+    lm_gemm_args gd = {L, D, D, LM_F32, 0};
+    for (int i = 0; i < 3; i++)
+        TRY(LM_OP_CALL(n->be, gemm_fwd, qkv[i], A(n, v.ln1), wqkv + i * D * D, bqkv + i * D,
+                       &gd));
+    lm_attn_args aa = {L, H, H, (int)(D / H), 0};
+    TRY(LM_OP_CALL(n->be, attention_fwd, A(n, v.o), A(n, v.p), qkv[0], qkv[1], qkv[2], &aa));
+    TRY(LM_OP_CALL(n->be, gemm_fwd, A(n, v.h), A(n, v.o), PV(n, v.w[VW_PROJ]),
+                   PV(n, v.w[VB_PROJ]), &gd));
+    TRY(LM_OP_CALL(n->be, add, A(n, v.h), A(n, v.x), A(n, v.h), L * D));
+    TRY(LM_OP_CALL(n->be, layernorm_fwd, A(n, v.ln2), s2, s2 + L, A(n, v.h), PV(n, v.w[VW_LN2]),
+                   PV(n, v.w[VB_LN2]), &rn));
+    lm_gemm_args g1 = {L, 4 * D, D, LM_F32, 0}, g2 = {L, D, 4 * D, LM_F32, 0};
+    TRY(LM_OP_CALL(n->be, gemm_fwd, A(n, v.m), A(n, v.ln2), PV(n, v.w[VW_FC1]),
+                   PV(n, v.w[VB_FC1]), &g1));
+    TRY(LM_OP_CALL(n->be, gelu_fwd, A(n, v.g), A(n, v.m), L * 4 * D));
+    TRY(LM_OP_CALL(n->be, gemm_fwd, A(n, v.y), A(n, v.g), PV(n, v.w[VW_FC2]),
+                   PV(n, v.w[VB_FC2]), &g2));
+    return LM_OP_CALL(n->be, add, A(n, v.y), A(n, v.h), A(n, v.y), L * D);
+}
+
+/* G(y) -> G(x) += ..., the twelve parameter gradients += ... (activation gradients start 0) */
+static int vit_bwd(lm_net *n, int k, int64_t L)
+{
+    vit_names v;
+    vit_names_for(&v, k);
+    const int64_t D = n->c.llm_hidden;
+    const int H = n->c.llm_heads;
+    lm_rownorm_args rn = {L, D, LN_EPS};
+    float *s1 = stat(n, v.ln1, L), *s2 = stat(n, v.ln2, L);
+    if (!s1 || !s2)
+        return -1;
+    lm_gemm_args gd = {L, D, D, LM_F32, 0};
+    lm_gemm_args g1 = {L, 4 * D, D, LM_F32, 0}, g2 = {L, D, 4 * D, LM_F32, 0};
+    /* y = h + fc2(GELU(fc1(LN2(h)))) */
+    TRY(LM_OP_CALL(n->be, axpy, G(n, v.h), G(n, v.y), 1.0f, L * D));
+    TRY(LM_OP_CALL(n->be, gemm_bwd, G(n, v.g), PG(n, v.w[VW_FC2]), PG(n, v.w[VB_FC2]), G(n, v.y),
+                   A(n, v.g), PV(n, v.w[VW_FC2]), &g2));
+    TRY(LM_OP_CALL(n->be, gelu_bwd, G(n, v.m), G(n, v.g), A(n, v.m), L * 4 * D));
+    TRY(LM_OP_CALL(n->be, gemm_bwd, G(n, v.ln2), PG(n, v.w[VW_FC1]), PG(n, v.w[VB_FC1]),
+                   G(n, v.m), A(n, v.ln2), PV(n, v.w[VW_FC1]), &g1));
+    TRY(LM_OP_CALL(n->be, layernorm_bwd, G(n, v.h), PG(n, v.w[VW_LN2]), PG(n, v.w[VB_LN2]),
+                   G(n, v.ln2), A(n, v.h), s2, s2 + L, PV(n, v.w[VW_LN2]), &rn));
+    /* h = x + proj(MHSA(LN1(x))) */
+    TRY(LM_OP_CALL(n->be, axpy, G(n, v.x), G(n, v.h), 1.0f, L * D));
+    TRY(LM_OP_CALL(n->be, gemm_bwd, G(n, v.o), PG(n, v.w[VW_PROJ]), PG(n, v.w[VB_PROJ]),
+                   G(n, v.h), A(n, v.o), PV(n, v.w[VW_PROJ]), &gd));
+    lm_attn_args aa = {L, H, H, (int)(D / H), 0};
+    TRY(LM_OP_CALL(n->be, attention_bwd, G(n, v.q), G(n, v.k), G(n, v.v), G(n, v.o), A(n, v.q),
+                   A(n, v.k), A(n, v.v), A(n, v.p), &aa));
+    const float *wqkv = PV(n, v.w[VW_QKV]);
+    float *dw = PG(n, v.w[VW_QKV]), *db = PG(n, v.w[VB_QKV]);
+    const float *dqkv[3] = {G(n, v.q), G(n, v.k), G(n, v.v)};
+    for (int i = 0; i < 3; i++)
+        TRY(LM_OP_CALL(n->be, gemm_bwd, G(n, v.ln1), dw + i * D * D, db + i * D, dqkv[i],
+                       A(n, v.ln1), wqkv + i * D * D, &gd));
+    return LM_OP_CALL(n->be, layernorm_bwd, G(n, v.x), PG(n, v.w[VW_LN1]), PG(n, v.w[VB_LN1]),
+                      G(n, v.ln1), A(n, v.x), s1, s1 + L, PV(n, v.w[VW_LN1]), &rn);
+}
+
 /* ---- tokeniser + LEBs (MODEL.md §4, §5) ------------------------------------------------------- */
 
 int lm_net_leb(lm_net *n)
@@ -408,8 +520,8 @@ int lm_net_leb(lm_net *n)
     int64_t ch[2] = {C, C};
     TRY(LM_OP_CALL(n->be, concat, t, xs, ch, 2, L));
     TRY(LM_OP_CALL(n->be, transpose, A(n, "x0"), t, 2 * C, L, 0));
-    for (int k = 1; k <= n->c.n_layers; k++) {
-        char a1[16], y1[16], a2[16], y2[16], out[16], in[16], fc[32];
+    for (int k = 1; k <= lm_net_lebs(&n->c); k++) {
+        char a1[24], y1[24], a2[24], y2[24], out[24], in[24], fc[40];
         snprintf(a1, sizeof a1, "leb%d.a1", k);
         snprintf(y1, sizeof y1, "leb%d.y1", k);
         snprintf(a2, sizeof a2, "leb%d.a2", k);
@@ -423,15 +535,19 @@ int lm_net_leb(lm_net *n)
         TRY(lin_fwd(n, a1, y1, in, fc));
         snprintf(fc, sizeof fc, "leb%d.adapter.fc2", k);
         TRY(lin_fwd(n, a2, y2, a1, fc));
-        TRY(lm_llm_layer_fwd(n->ly[k - 1], A(n, out), A(n, a2), L));
+        if (n->c.ablation == LM_NET_ABL_VIT)
+            TRY(vit_fwd(n, k, L));
+        else
+            TRY(lm_llm_layer_fwd(n->ly[k - 1], A(n, out), A(n, a2), L));
     }
     return 0;
 }
 
 static int leb_bwd(lm_net *n)
 {
-    for (int k = n->c.n_layers; k >= 1; k--) {
-        char a1[16], y1[16], a2[16], y2[16], out[16], in[16], fc[32];
+    const int64_t Lt = vox(INFO(n, "fm5"));
+    for (int k = lm_net_lebs(&n->c); k >= 1; k--) {
+        char a1[24], y1[24], a2[24], y2[24], out[24], in[24], fc[40];
         snprintf(a1, sizeof a1, "leb%d.a1", k);
         snprintf(y1, sizeof y1, "leb%d.y1", k);
         snprintf(a2, sizeof a2, "leb%d.a2", k);
@@ -441,7 +557,10 @@ static int leb_bwd(lm_net *n)
             snprintf(in, sizeof in, "x0");
         else
             snprintf(in, sizeof in, "leb%d", k - 1);
-        TRY(lm_llm_layer_bwd(n->ly[k - 1], G(n, a2), G(n, out)));
+        if (n->c.ablation == LM_NET_ABL_VIT)
+            TRY(vit_bwd(n, k, Lt));
+        else
+            TRY(lm_llm_layer_bwd(n->ly[k - 1], G(n, a2), G(n, out)));
         snprintf(fc, sizeof fc, "leb%d.adapter.fc2", k);
         TRY(lin_bwd(n, a2, y2, a1, fc));
         snprintf(fc, sizeof fc, "leb%d.adapter.fc1", k);

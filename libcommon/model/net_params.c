@@ -55,6 +55,16 @@ static void linear(lm_net *n, const char *base, int64_t out, int64_t in)
     addp(n, nm, LM_NET_P_BIAS, in, 1, out, 0, 0);
 }
 
+/* LayerNorm(D) with elementwise affine: weight [D] (init 1), bias [D] (init 0) */
+static void layernorm(lm_net *n, const char *base, int64_t D)
+{
+    char nm[48];
+    snprintf(nm, sizeof nm, "%s.weight", base);
+    addp(n, nm, LM_NET_P_LN_W, D, 1, D, 0, 0);
+    snprintf(nm, sizeof nm, "%s.bias", base);
+    addp(n, nm, LM_NET_P_LN_B, D, 1, D, 0, 0);
+}
+
 static int64_t chans(const lm_net *n, const char *act)
 {
     return lm_net_plan_get(&n->plan, act)->shape[1];
@@ -72,12 +82,25 @@ static void build_table(lm_net *n)
     }
     if (lm_net_uses_llm(c)) {
         const int64_t D = c->llm_hidden, H = c->a0_hidden, r = c->lora_rank;
-        for (int k = 1; k <= c->n_layers; k++) {
+        for (int k = 1; k <= lm_net_lebs(c); k++) {
             snprintf(nm, sizeof nm, "leb%d.adapter.fc1", k);
             linear(n, nm, H, k == 1 ? 2 * e[4] : D);
             snprintf(nm, sizeof nm, "leb%d.adapter.fc2", k);
             linear(n, nm, D, H);
-            if (r > 0) {
+            if (c->ablation == LM_NET_ABL_VIT) { /* §18 leb<k>.vit.* */
+                snprintf(nm, sizeof nm, "leb%d.vit.ln1", k);
+                layernorm(n, nm, D);
+                snprintf(nm, sizeof nm, "leb%d.vit.qkv", k);
+                linear(n, nm, 3 * D, D);
+                snprintf(nm, sizeof nm, "leb%d.vit.proj", k);
+                linear(n, nm, D, D);
+                snprintf(nm, sizeof nm, "leb%d.vit.ln2", k);
+                layernorm(n, nm, D);
+                snprintf(nm, sizeof nm, "leb%d.vit.fc1", k);
+                linear(n, nm, 4 * D, D);
+                snprintf(nm, sizeof nm, "leb%d.vit.fc2", k);
+                linear(n, nm, D, 4 * D);
+            } else if (r > 0) {
                 static const char *qkv = "qkv";
                 for (int i = 0; i < 3; i++) {
                     snprintf(nm, sizeof nm, "leb%d.lora_%c.A", k, qkv[i]);
@@ -264,8 +287,11 @@ static int upload_host(lm_net *n, lm_net_param *p, const float *h)
 
 int lm_net_attach_layers(lm_net *n, lm_llm_layer **layers, int count)
 {
-    if (!lm_net_uses_llm(&n->c) || count != n->c.n_layers)
-        return lm_error_set("the config needs %d LLM layers, %d given", n->c.n_layers, count);
+    if (count != (lm_net_uses_llm_layers(&n->c) ? n->c.n_layers : 0))
+        return lm_error_set("the config needs %d LLM layers, %d given",
+                            lm_net_uses_llm_layers(&n->c) ? n->c.n_layers : 0, count);
+    if (count == 0)
+        return lm_net_zero_grad(n);
     uint64_t sums[2];
     for (int k = 0; k < count; k++) {
         if (lm_llm_layer_width(layers[k]) != n->c.llm_hidden)
@@ -318,6 +344,16 @@ int lm_net_attach_llm(lm_net *n, lm_llm *m, lm_dtype wdtype, const char *expect)
 {
     if (!lm_net_uses_llm(&n->c))
         return 0;
+    if (!lm_net_uses_llm_layers(&n->c)) {
+        /* vit: the folder only gave the width and the head count of the ViT blocks */
+        if (m->cfg.hidden != n->c.llm_hidden ||
+            (n->c.llm_heads && m->cfg.n_heads != n->c.llm_heads))
+            return lm_error_set("%s: width %d with %d heads, the checkpoint's ViT blocks have "
+                                "width %d with %d heads",
+                                m->dir, m->cfg.hidden, m->cfg.n_heads, n->c.llm_hidden,
+                                n->c.llm_heads);
+        return 0;
+    }
     if (n->nly)
         return lm_error_set("LLM layers already attached");
     lm_llm_layer_opts o = {n->c.lora_rank, (float)n->c.lora_alpha, n->c.causal, n->c.rope};
@@ -368,6 +404,10 @@ static float hash_bound(const lm_net *n, const lm_net_param *p)
         return 0.05f;
     case LM_NET_P_LORA_A:
         return (float)(1.0 / sqrt((double)n->c.llm_hidden));
+    case LM_NET_P_LN_W:
+        return 0.25f; /* 1 + hash */
+    case LM_NET_P_LN_B:
+        return 0.1f;
     default:
         return (float)(1.0 / sqrt((double)p->fan_in));
     }
@@ -386,6 +426,9 @@ int lm_net_fill_hash(lm_net *n)
         float b = hash_bound(n, p);
         for (int64_t j = 0; j < p->numel; j++)
             h[j] = lm_net_hash_value((uint64_t)t, (uint64_t)j, b);
+        if (p->kind == LM_NET_P_LN_W)
+            for (int64_t j = 0; j < p->numel; j++)
+                h[j] = 1.0f + h[j];
         rc = upload_host(n, p, h);
         free(h);
     }
@@ -409,8 +452,10 @@ int lm_net_init(lm_net *n, uint64_t seed)
         for (int64_t j = 0; j < p->numel; j++) {
             if (p->kind == LM_NET_P_HEAD_W)
                 h[j] = (float)(1e-5 * lm_rng_normal(&r));
-            else if (p->kind == LM_NET_P_HEAD_B)
+            else if (p->kind == LM_NET_P_HEAD_B || p->kind == LM_NET_P_LN_B)
                 h[j] = 0.0f;
+            else if (p->kind == LM_NET_P_LN_W)
+                h[j] = 1.0f;
             else
                 h[j] = (float)(-b + 2.0 * b * lm_rng_uniform(&r));
         }
@@ -469,7 +514,9 @@ int lm_net_save(lm_net *n, const char *path, const char *llm_config_json, long s
             cJSON_AddItemToObject(j, "config", lc);
         int ly[2] = {n->c.layers[0], n->c.layers[1]};
         cJSON_AddItemToObject(j, "layers", cJSON_CreateIntArray(ly, n->c.n_layers));
-        cJSON_AddStringToObject(j, "checksum", n->nly ? n->llm_sum : n->ckpt_sum);
+        /* vit uses no LLM tensor: no checksum (its width and heads are in lm.config) */
+        if (lm_net_uses_llm_layers(&n->c))
+            cJSON_AddStringToObject(j, "checksum", n->nly ? n->llm_sum : n->ckpt_sum);
         char *s = cJSON_PrintUnformatted(j);
         cJSON_Delete(j);
         rc = s ? put_meta(&rec, "lm.llm", s) : lm_error_set("out of memory");
@@ -516,7 +563,7 @@ int lm_net_load(lm_net **out, lm_backend *be, const char *path)
     else if (lm_net_config_parse(&c, cj) < 0 || lm_net_create(&n, be, &c) < 0)
         rc = -1;
     const char *lj = rc == 0 ? meta_of(&f.h, "lm.llm") : NULL;
-    if (rc == 0 && lm_net_uses_llm(&c)) {
+    if (rc == 0 && lm_net_uses_llm_layers(&c)) {
         cJSON *j = lj ? cJSON_Parse(lj) : NULL;
         const cJSON *s = j ? cJSON_GetObjectItemCaseSensitive(j, "checksum") : NULL;
         if (!cJSON_IsString(s) || strlen(s->valuestring) >= sizeof n->ckpt_sum)

@@ -40,6 +40,15 @@ if [ -d "$W" ]; then
     pipeline_vs_register "stories260K half" "$T/half.safetensors" "$W" "$T/half.lmt" flow,flow_full
     run lm-info "$T/reg.lmt"
     check "half: flow_full is [1,3,64,64,64]" grep -q 'flow_full .*\[1,3,64,64,64\]' "$T/out"
+    # the vit ablation: ViT blocks of the LLM's width and heads, no LLM layer, no checksum
+    run lm-init --preset tiny --config '{"ablation":"vit"}' --llm "$W" -o "$T/vit.safetensors"
+    check "lm-init vit" [ "$rc" -eq 0 -a -s "$T/vit.safetensors" ]
+    run lm-info "$T/vit.safetensors"
+    check "vit: leb1.vit.qkv.weight [192,64]" grep -q 'leb1.vit.qkv.weight .*\[192,64\]' "$T/out"
+    check "vit: no LoRA tensors" sh -c "! grep -q 'lora_[qkv]\.' '$T/out'"
+    pipeline_vs_register "stories260K vit" "$T/vit.safetensors" "$W" "$T/pre.lmt"
+    expect_fail "vit with --layers" 2 "this config uses no LLM layers" \
+        lm-init --preset tiny --config '{"ablation":"vit"}' --llm "$W" --layers 2,3 -o "$T/x.safetensors"
 else
     skip "stories260K" "$W is absent"
 fi
@@ -98,7 +107,7 @@ check "help" [ "$rc" -eq 0 -a -s "$T/out" ]
 expect_fail "no checkpoint" 2 "-w CKPT is required" lm-encode "$T/pre.lmt"
 expect_fail "lm-init without -o" 2 "-o CKPT is required" lm-init --preset tiny
 expect_fail "unknown preset" 2 "unknown preset" lm-init --preset huge -o "$T/x.safetensors"
-expect_fail "vit refused" 1 "not implemented" lm-init --config '{"ablation":"vit"}' -o "$T/x.safetensors"
+expect_fail "vit needs the LLM's width" 2 "--llm DIR is required" lm-init --config '{"ablation":"vit"}' -o "$T/x.safetensors"
 expect_fail "bad config key" 1 "unknown key 'colour'" lm-init --config '{"colour":1}' -o "$T/x.safetensors"
 lm-cat -q -r -n -a moving="$T/syn/synth001_mr.nii.gz" -o "$T/raw.safetensors"
 expect_fail "not a checkpoint" 1 "raw.safetensors: not a network checkpoint" lm-encode -w "$T/raw.safetensors" "$T/pre.lmt"
@@ -119,6 +128,7 @@ run lm-info -n "$T/rllm/model.safetensors"
 check "--random-llm has stories260K's tensors" grep -q 'model.layers.4.self_attn.k_proj.weight F32  \[32,64\]' "$T/out"
 lm-init --random-llm "$T/rllm2" --seed 7
 check "--random-llm is seeded" cmp -s "$T/rllm/model.safetensors" "$T/rllm2/model.safetensors"
+expect_fail "vit has no RoPE" 1 "no RoPE" lm-init --config '{"ablation":"vit","rope":true}' --llm "$T/rllm" -o "$T/x.safetensors"
 run lm-init -q --preset tiny --random-llm "$T/rllm3" -o "$T/rck.safetensors"
 check "--random-llm with -o makes a checkpoint over it" [ "$rc" -eq 0 -a -s "$T/rck.safetensors" ]
 finish

@@ -239,6 +239,36 @@ def grad_l2(phi):
 # --------------------------------------------------------------------------------------------
 # Modules, named as §18
 # --------------------------------------------------------------------------------------------
+# The variants (MODEL.md §15): restore (row 1, §6), combine (row 16, §7.4), mask (row 8, §5.4),
+# rope (row 9, §5.3) and the Table 2 ablations (§15 rows 32-33, §5.5 "Ablation 4"):
+#   "none"    the network of §1
+#   "no-leb"  Ablation 1 (row 32): no LLM path at all -- no tokeniser, no LEB, no decoder
+#             adapter; F_j is dropped from every stage concatenation, the rest is identical
+#   "one-leb" Ablation 3: only LEB1 (Adapter0a + the first layer); T = its output
+#   "no-lora" Ablation 4: A and B dropped (§5.5: the same as s = 0), the LLM layers plain frozen
+#   "vit"     Ablation 2 (row 33): in each LEB the LLaMA layer (+LoRA) is replaced by a
+#             trainable pre-LN ViT block at width D (ViTBlock below); Adapter0 stays
+VARIANT_DEFAULT = {"restore": "text", "combine": "compose", "mask": "bidirectional", "rope": True,
+                   "ablation": "none"}
+ABLATIONS = ("none", "no-leb", "one-leb", "no-lora", "vit")
+
+
+def variant_of(v=None):
+    out = dict(VARIANT_DEFAULT)
+    out.update(v or {})
+    assert out["restore"] in ("text", "figure") and out["combine"] in ("compose", "add")
+    assert out["mask"] in ("bidirectional", "causal") and out["ablation"] in ABLATIONS
+    if out["ablation"] == "vit":
+        # a standard ViT block: bidirectional, no RoPE (§5.4 reason 3: "standard ViT" blocks)
+        assert out["mask"] == "bidirectional"
+        out["rope"] = False
+    return out
+
+
+def n_lebs(v):
+    return {"no-leb": 0, "one-leb": 1}.get(v["ablation"], 2)
+
+
 class Encoder(nn.Module):
     """§3: conv1 (1->8, no bias) ReLU, conv2..conv5 (stride 2, bias) ReLU; shared by both images."""
 
@@ -298,27 +328,66 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.scale * F.linear(F.linear(x, lo.A), lo.B)
 
 
-class LEB(nn.Module):
-    """§5: LEB(X) = LlamaLayer(Adapter0(X)); LoRA on q/k/v of the frozen layer; no outer residual,
-    no final norm. The frozen layer is kept outside the parameter tree (never trainable/stored)."""
+class ViTBlock(nn.Module):
+    """§15 row 33 (Ablation 2): a standard pre-LN ViT block (Dosovitskiy et al.) at width d:
+        h = x + proj(MHSA(ln1(x))),  y = h + fc2(GELU(fc1(ln2(h))))
+    LayerNorm with PyTorch's defaults (eps 1e-5, elementwise affine); MHSA with `heads` heads of
+    width d/heads from one qkv Linear(d, 3d) with bias (output = [q | k | v], each split into
+    contiguous heads: the layout of timm's Attention and of nn.MultiheadAttention's in_proj),
+    softmax(q kᵀ / sqrt(d/heads)), bidirectional, no positional encoding; proj Linear(d, d);
+    GELU exact (erf); MLP width 4d; no dropout. Checked against nn.TransformerEncoderLayer
+    (norm_first=True, activation gelu) in check_vit_block."""
 
-    def __init__(self, cin, d_llm, layer, rank, alpha):
+    def __init__(self, d, heads):
+        super().__init__()
+        assert d % heads == 0
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        B, L, d = x.shape
+        hd = d // self.heads
+        qkv = self.qkv(self.ln1(x)).reshape(B, L, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]                        # [B, heads, L, hd]
+        a = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(hd), dim=-1)
+        o = torch.matmul(a, v).transpose(1, 2).reshape(B, L, d)
+        h = x + self.proj(o)
+        return h + self.fc2(F.gelu(self.fc1(self.ln2(h))))
+
+
+class LEB(nn.Module):
+    """§5: LEB(X) = LlamaLayer(Adapter0(X)); LoRA on q/k/v of the frozen layer (none for rank 0);
+    no outer residual, no final norm. The frozen layer is kept outside the parameter tree (never
+    trainable/stored). vit_heads: Ablation 2, LEB(X) = ViTBlock(Adapter0(X)), no LLM layer."""
+
+    def __init__(self, cin, d_llm, layer, rank, alpha, vit_heads=None):
         super().__init__()
         self.adapter = Adapter0(cin, d_llm)
-        attn = layer.self_attn
-        self.lora_q = LoRA(d_llm, attn.q_proj.out_features, rank)
-        self.lora_k = LoRA(d_llm, attn.k_proj.out_features, rank)
-        self.lora_v = LoRA(d_llm, attn.v_proj.out_features, rank)
+        if vit_heads is not None:
+            self.vit = ViTBlock(d_llm, vit_heads)
+            return
         for p in layer.parameters():
             p.requires_grad_(False)
-        s = float(alpha) / float(rank)
-        attn.q_proj = LoRALinear(attn.q_proj, self.lora_q, s)
-        attn.k_proj = LoRALinear(attn.k_proj, self.lora_k, s)
-        attn.v_proj = LoRALinear(attn.v_proj, self.lora_v, s)
+        if rank > 0:
+            attn = layer.self_attn
+            self.lora_q = LoRA(d_llm, attn.q_proj.out_features, rank)
+            self.lora_k = LoRA(d_llm, attn.k_proj.out_features, rank)
+            self.lora_v = LoRA(d_llm, attn.v_proj.out_features, rank)
+            s = float(alpha) / float(rank)
+            attn.q_proj = LoRALinear(attn.q_proj, self.lora_q, s)
+            attn.k_proj = LoRALinear(attn.k_proj, self.lora_k, s)
+            attn.v_proj = LoRALinear(attn.v_proj, self.lora_v, s)
         object.__setattr__(self, "_layer", layer)
 
     def forward(self, x, cos_sin, mask=None):
         a = self.adapter(x)
+        if hasattr(self, "vit"):
+            return a, self.vit(a)
         L = a.shape[1]
         pos = torch.arange(L, device=a.device)[None]
         y = self._layer(a, attention_mask=mask, position_ids=pos, position_embeddings=cos_sin)
@@ -338,34 +407,59 @@ class Stage(nn.Module):
         return lrelu(instance_norm3d(self.conv(x)))
 
 
+# §6: adapter widths C_j; restore "text": shuffle f = 2,4,8,16 -> F_j channels 32,16,8,4 and
+# F'_j widths 32,16,16,8 (§7.1); "figure" (Variant F): shuffle f = 1,2,4,8 -> 256,128,64,32
+# channels one level coarser, then trilinear ×2; F'_j widths 64,32,16,16 ("recommended").
+ADAPTER_C = (256, 1024, 4096, 16384)           # A4, A3, A2, A1
+RESTORE = {"text": {"f": (2, 4, 8, 16), "w": (32, 16, 16, 8)},
+           "figure": {"f": (1, 2, 4, 8), "w": (64, 32, 16, 16)}}
+
+
 class Decoder(nn.Module):
-    """§6 (restore=text: shuffle f = 2,4,8,16 -> 32,16,8,4 channels) and §7 (S4..S1)."""
+    """§6 (restore) and §7 (S4..S1). adapters False: Ablation 1, no F_j anywhere."""
 
-    def __init__(self, d_llm, enc_ch=ENC_CH):
+    def __init__(self, d_llm, enc_ch=ENC_CH, restore="text", adapters=True):
         super().__init__()
-        self.adapter4 = nn.Linear(d_llm, 256)
-        self.adapter3 = nn.Linear(d_llm, 1024)
-        self.adapter2 = nn.Linear(d_llm, 4096)
-        self.adapter1 = nn.Linear(d_llm, 16384)
+        r = RESTORE[restore]
+        if adapters:
+            self.adapter4 = nn.Linear(d_llm, ADAPTER_C[0])
+            self.adapter3 = nn.Linear(d_llm, ADAPTER_C[1])
+            self.adapter2 = nn.Linear(d_llm, ADAPTER_C[2])
+            self.adapter1 = nn.Linear(d_llm, ADAPTER_C[3])
+            fch = [c // f ** 3 for c, f in zip(ADAPTER_C, r["f"])]      # F4, F3, F2, F1
+        else:
+            fch = [0, 0, 0, 0]
         c1, c2, c3, c4, _ = enc_ch
-        self.s4 = Stage(32 + 2 * c4, 32, False)                  # 96 -> 32
-        self.s3 = Stage(32 + 16 + 2 * c3, 16, True)              # 80 -> 16
-        self.s2 = Stage(16 + 8 + 2 * c2 + 1 + 3, 16, True)       # 60 -> 16
-        self.s1 = Stage(16 + 4 + 2 * c1 + 1 + 3, 8, True)        # 40 -> 8
+        w4, w3, w2, w1 = r["w"]
+        self.s4 = Stage(fch[0] + 2 * c4, w4, False)                  # text: 96 -> 32
+        self.s3 = Stage(w4 + fch[1] + 2 * c3, w3, True)              # 80 -> 16
+        self.s2 = Stage(w3 + fch[2] + 2 * c2 + 1 + 3, w2, True)      # 60 -> 16
+        self.s1 = Stage(w2 + fch[3] + 2 * c1 + 1 + 3, w1, True)      # 40 -> 8
 
 
-def param_order():
-    """NET_GOLDEN.md / §18 order of the trainable tensors (t = 0, 1, ...)."""
+VIT_PARTS = ("ln1", "qkv", "proj", "ln2", "fc1", "fc2")
+
+
+def param_order(variant=None, rank=4):
+    """NET_GOLDEN.md / §18 order of the trainable tensors (t = 0, 1, ...): encoder; per LEB its
+    adapter, then its LoRA (q, k, v; A before B) or, for vit, its ViT block (ln1, qkv, proj,
+    ln2, fc1, fc2; weight before bias); the decoder adapters; the stages."""
+    v = variant_of(variant)
     names = ["encoder.conv1.weight"]
     for i in range(2, 6):
         names += [f"encoder.conv{i}.weight", f"encoder.conv{i}.bias"]
-    for k in (1, 2):
+    for k in range(1, n_lebs(v) + 1):
         names += [f"leb{k}.adapter.fc1.weight", f"leb{k}.adapter.fc1.bias",
                   f"leb{k}.adapter.fc2.weight", f"leb{k}.adapter.fc2.bias"]
-        for p in ("q", "k", "v"):
-            names += [f"leb{k}.lora_{p}.A", f"leb{k}.lora_{p}.B"]
-    for a in (4, 3, 2, 1):
-        names += [f"dec.adapter{a}.weight", f"dec.adapter{a}.bias"]
+        if v["ablation"] == "vit":
+            for part in VIT_PARTS:
+                names += [f"leb{k}.vit.{part}.weight", f"leb{k}.vit.{part}.bias"]
+        elif v["ablation"] != "no-lora" and rank > 0:
+            for p in ("q", "k", "v"):
+                names += [f"leb{k}.lora_{p}.A", f"leb{k}.lora_{p}.B"]
+    if v["ablation"] != "no-leb":
+        for a in (4, 3, 2, 1):
+            names += [f"dec.adapter{a}.weight", f"dec.adapter{a}.bias"]
     names += ["dec.s4.conv.weight", "dec.s4.conv.bias"]
     for s in (3, 2, 1):
         names += [f"dec.s{s}.conv.weight", f"dec.s{s}.conv.bias",
@@ -374,32 +468,54 @@ def param_order():
 
 
 class LLMMorph(nn.Module):
-    def __init__(self, layers, rotary, d_llm, rank, alpha, enc_ch=ENC_CH):
-        """layers: two frozen LlamaDecoderLayer modules (deep-copied here, LoRA attached);
-        rotary: the model's rotary embedding (callable (x, position_ids) -> (cos, sin))."""
+    def __init__(self, layers, rotary, d_llm, rank, alpha, enc_ch=ENC_CH, variant=None,
+                 heads=None):
+        """layers: the frozen LlamaDecoderLayer modules, one per LEB (deep-copied here, LoRA
+        attached; none for no-leb and vit); rotary: the model's rotary embedding (callable
+        (x, position_ids) -> (cos, sin)); variant: see VARIANT_DEFAULT; heads: the LLM's head
+        count (the ViT blocks' heads, vit only)."""
         super().__init__()
+        v = self.variant = variant_of(variant)
+        if v["ablation"] == "no-lora":
+            rank = 0
+        self.rank = rank
+        nl = n_lebs(v)
+        vit = v["ablation"] == "vit"
+        assert vit or len(layers) == nl, (len(layers), nl)
         self.encoder = Encoder(enc_ch)
-        self.leb1 = LEB(2 * enc_ch[4], d_llm, copy.deepcopy(layers[0]), rank, alpha)
-        self.leb2 = LEB(d_llm, d_llm, copy.deepcopy(layers[1]), rank, alpha)
-        self.dec = Decoder(d_llm, enc_ch)
+        if nl >= 1:
+            self.leb1 = LEB(2 * enc_ch[4], d_llm, None if vit else copy.deepcopy(layers[0]),
+                            rank, alpha, heads if vit else None)
+        if nl >= 2:
+            self.leb2 = LEB(d_llm, d_llm, None if vit else copy.deepcopy(layers[1]), rank, alpha,
+                            heads if vit else None)
+        self.dec = Decoder(d_llm, enc_ch, v["restore"], adapters=nl > 0)
         object.__setattr__(self, "_rotary", rotary)
         self.d_llm = d_llm
         names = [n for n, _ in self.named_parameters()]
-        assert sorted(names) == sorted(param_order()), (sorted(names), sorted(param_order()))
+        want = param_order(v, rank)
+        assert sorted(names) == sorted(want), (sorted(names), sorted(want))
+
+    def lebs(self):
+        return [getattr(self, f"leb{k}") for k in range(1, n_lebs(self.variant) + 1)]
 
     def frozen_parameters(self):
-        return list(self.leb1._layer.parameters()) + list(self.leb2._layer.parameters())
+        return [p for leb in self.lebs() if hasattr(leb, "_layer") for p in leb._layer.parameters()]
 
     def trainable(self):
         d = dict(self.named_parameters())
-        return [(n, d[n]) for n in param_order()]
+        return [(n, d[n]) for n in param_order(self.variant, self.rank)]
 
     def hash_init(self, head_b=0.05, lora_b_b=0.05):
-        """NET_GOLDEN.md: tensor t filled by hash_fill(t, shape, b_t)."""
+        """NET_GOLDEN.md: tensor t filled by hash_fill(t, shape, b_t); a LayerNorm weight
+        (vit) is 1 + hash_fill(t, shape, 0.25) in float32."""
         with torch.no_grad():
             shapes = {n: tuple(p.shape) for n, p in self.trainable()}
             for t, (name, p) in enumerate(self.trainable()):
-                p.copy_(hash_fill(t, tuple(p.shape), param_bound(name, shapes, head_b, lora_b_b)))
+                v = hash_fill(t, tuple(p.shape), param_bound(name, shapes, head_b, lora_b_b))
+                if is_ln_weight(name):
+                    v = torch.from_numpy(np.float32(1) + v.numpy())
+                p.copy_(v)
 
     def cos_sin(self, x, L):
         pos = torch.arange(L, device=x.device)[None]
@@ -410,6 +526,7 @@ class LLMMorph(nn.Module):
         """moving/fixed [1,1,D,H,W] at full resolution; segs [D,H,W] int at full resolution.
         half: the network runs on avgpool2 of the images and φ_full = upφ(φ) (§2.2).
         Returns a dict of every boundary tensor (NET_GOLDEN.md names) and the loss."""
+        v = self.variant
         o = {}
         im1 = avgpool2(moving) if half else moving      # I_m¹ (network input)
         if1 = avgpool2(fixed) if half else fixed
@@ -419,51 +536,72 @@ class LLMMorph(nn.Module):
             o[f"fm{i + 1}"] = fm[i]
             o[f"ff{i + 1}"] = ff[i]
         grid = tuple(fm[4].shape[2:])
-        x0 = tokenise(fm[4], ff[4])
-        L = x0.shape[1]
-        o["x0"] = x0
-        # LEBs (§5)
-        cs = self.cos_sin(x0, L)
-        _, t1 = self.leb1(x0, cs, mask)
-        _, t = self.leb2(t1, cs, mask)
-        o["leb1"], o["t"] = t1, t
-        # decoder adapters + restoration (§6)
         dec = self.dec
-        f4 = voxel_shuffle(linear_block(dec.adapter4, t), grid, 2)
-        f3 = voxel_shuffle(linear_block(dec.adapter3, t), grid, 4)
-        f2 = voxel_shuffle(linear_block(dec.adapter2, t), grid, 8)
-        f1 = voxel_shuffle(linear_block(dec.adapter1, t), grid, 16)
-        o["f4"], o["f3"], o["f2"], o["f1"] = f4, f3, f2, f1
+        nl = n_lebs(v)
+        if nl > 0:
+            x0 = tokenise(fm[4], ff[4])
+            L = x0.shape[1]
+            o["x0"] = x0
+            # LEBs (§5)
+            cs = self.cos_sin(x0, L)
+            if not v["rope"]:
+                # §5.3 --rope=none (LM4V: no rotary embedding): the identity rotation, cos = 1
+                # and sin = 0, makes HF's q·cos + rotate_half(q)·sin exactly q
+                cs = (torch.ones_like(cs[0]), torch.zeros_like(cs[1]))
+            if v["mask"] == "causal" and mask is None:
+                # §5.4 --causal: key j > query i masked (additive -inf, HF's eager convention)
+                mask = torch.full((L, L), float("-inf"), dtype=x0.dtype).triu(1)[None, None]
+            t = x0
+            for k, leb in enumerate(self.lebs(), 1):
+                _, t = leb(t, cs, mask)
+                if k == 1:
+                    o["leb1"] = t
+            o["t"] = t
+            # decoder adapters + restoration (§6)
+            fs = RESTORE[v["restore"]]["f"]
+            fj = []
+            for a, f in zip((dec.adapter4, dec.adapter3, dec.adapter2, dec.adapter1), fs):
+                x = voxel_shuffle(linear_block(a, t), grid, f)
+                fj.append(up(x) if v["restore"] == "figure" else x)
+            f4, f3, f2, f1 = fj
+            o["f4"], o["f3"], o["f2"], o["f1"] = f4, f3, f2, f1
+            F4, F3, F2, F1 = [f4], [f3], [f2], [f1]
+        else:       # Ablation 1: no F_j in any stage
+            F4 = F3 = F2 = F1 = []
+
+        def combine(r, U):          # §7.4 (--combine=add: ψ = φ̂ + r)
+            return compose(r, U) if v["combine"] == "compose" else r + U
         # S4
-        s4 = dec.s4.cbl(torch.cat([f4, fm[3], ff[3]], 1))
+        s4 = dec.s4.cbl(torch.cat(F4 + [fm[3], ff[3]], 1))
         o["s4"] = s4
         # S3
-        s3 = dec.s3.cbl(torch.cat([up(s4), f3, fm[2], ff[2]], 1))
+        s3 = dec.s3.cbl(torch.cat([up(s4)] + F3 + [fm[2], ff[2]], 1))
         phi3 = dec.s3.head(s3)
         phi3h = up_flow(phi3)
         im2 = avgpool2(im1)
         im2w = warp(im2, phi3h, "zeros")
         o["phi3"] = phi3
         # S2
-        s2 = dec.s2.cbl(torch.cat([up(s3), f2, fm[1], ff[1], im2w, phi3h], 1))
+        s2 = dec.s2.cbl(torch.cat([up(s3)] + F2 + [fm[1], ff[1], im2w, phi3h], 1))
         r2 = dec.s2.head(s2)
-        psi2 = compose(r2, phi3h)
+        psi2 = combine(r2, phi3h)
         psi2h = up_flow(psi2)
         im1w = warp(im1, psi2h, "zeros")
         o["psi2"] = psi2
         # S1
-        s1 = dec.s1.cbl(torch.cat([up(s2), f1, fm[0], ff[0], im1w, psi2h], 1))
+        s1 = dec.s1.cbl(torch.cat([up(s2)] + F1 + [fm[0], ff[0], im1w, psi2h], 1))
         r1 = dec.s1.head(s1)
-        phi = compose(r1, psi2h)
+        phi = combine(r1, psi2h)
         o["phi"] = phi
-        o["_shapes"] = {"X4": (1, 32 + 2 * fm[3].shape[1]) + tuple(s4.shape[2:]),
+        nf = [t.shape[1] for t in F4 + F3 + F2 + F1] or [0, 0, 0, 0]
+        o["_shapes"] = {"X4": (1, nf[0] + 2 * fm[3].shape[1]) + tuple(s4.shape[2:]),
                         "F'3": tuple(s3.shape), "phi3_hat": tuple(phi3h.shape),
                         "Im2w": tuple(im2w.shape), "F'2": tuple(s2.shape), "r2": tuple(r2.shape),
                         "psi2_hat": tuple(psi2h.shape), "Im1w": tuple(im1w.shape),
                         "F'1": tuple(s1.shape), "r1": tuple(r1.shape),
-                        "X3": (1, s4.shape[1] + f3.shape[1] + 2 * fm[2].shape[1]) + tuple(s3.shape[2:]),
-                        "X2": (1, s3.shape[1] + f2.shape[1] + 2 * fm[1].shape[1] + 4) + tuple(s2.shape[2:]),
-                        "X1": (1, s2.shape[1] + f1.shape[1] + 2 * fm[0].shape[1] + 4) + tuple(s1.shape[2:])}
+                        "X3": (1, s4.shape[1] + nf[1] + 2 * fm[2].shape[1]) + tuple(s3.shape[2:]),
+                        "X2": (1, s3.shape[1] + nf[2] + 2 * fm[1].shape[1] + 4) + tuple(s2.shape[2:]),
+                        "X1": (1, s2.shape[1] + nf[3] + 2 * fm[0].shape[1] + 4) + tuple(s1.shape[2:])}
         final = phi
         if half:
             final = up_flow(phi)
@@ -481,6 +619,10 @@ class LLMMorph(nn.Module):
         return o
 
 
+def is_ln_weight(name):
+    return ".vit.ln" in name and name.endswith(".weight")
+
+
 def param_bound(name, shapes, head_b=0.05, lora_b_b=0.05):
     """b_t of NET_GOLDEN.md (float32). shapes: name -> shape of every trainable tensor."""
     shape = shapes[name]
@@ -488,6 +630,8 @@ def param_bound(name, shapes, head_b=0.05, lora_b_b=0.05):
         return np.float32(head_b)
     if ".lora_" in name:
         return np.float32(lora_b_b) if name.endswith(".B") else np.float32(1.0 / math.sqrt(shape[1]))
+    if ".vit.ln" in name:       # LayerNorm: weight 1 + v (b 0.25), bias v (b 0.1)
+        return np.float32(0.25) if name.endswith(".weight") else np.float32(0.1)
     if name.endswith(".bias"):
         shape = shapes[name[:-len("bias")] + "weight"]   # the weight's fan_in
     fan_in = shape[1] * 27 if len(shape) == 5 else shape[1]
@@ -504,15 +648,19 @@ def load_stories(path=STORIES):
     return model
 
 
-def build_net(model, layers=(2, 3), rank=4, alpha=8, enc_ch=ENC_CH):
+def build_net(model, layers=(2, 3), rank=4, alpha=8, enc_ch=ENC_CH, variant=None):
+    """The network over the model's layers (one per LEB: `layers`[:1] for one-leb, none for
+    no-leb and vit), hash-filled."""
+    v = variant_of(variant)
     d = model.config.hidden_size
-    net = LLMMorph([model.model.layers[layers[0]], model.model.layers[layers[1]]],
-                   model.model.rotary_emb, d, rank, alpha, enc_ch)
+    use = [] if v["ablation"] in ("no-leb", "vit") else list(layers[:n_lebs(v)])
+    net = LLMMorph([model.model.layers[i] for i in use], model.model.rotary_emb, d, rank, alpha,
+                   enc_ch, v, heads=model.config.num_attention_heads)
     net.hash_init()
     return net
 
 
-def count_params(config="llama3-8b"):
+def count_params(config="llama3-8b", variant=None):
     """Trainable and frozen parameter counts of the network (§12). config: "llama3-8b" (D 4096,
     32 heads, 8 KV heads, FFN 14336, LoRA r 64), "stories260k", or a dict with keys hidden,
     heads, kv_heads, ffn, rank. Built on the meta device (no memory, no weights)."""
@@ -521,16 +669,18 @@ def count_params(config="llama3-8b"):
     presets = {"llama3-8b": dict(hidden=4096, heads=32, kv_heads=8, ffn=14336, rank=64, theta=5e5),
                "stories260k": dict(hidden=64, heads=8, kv_heads=4, ffn=172, rank=4, theta=1e4)}
     c = presets[config] if isinstance(config, str) else config
+    v = variant_of(variant)
     cfg = LlamaConfig(hidden_size=c["hidden"], num_attention_heads=c["heads"],
                       num_key_value_heads=c["kv_heads"], intermediate_size=c["ffn"],
                       num_hidden_layers=32, vocab_size=32, rms_norm_eps=1e-5,
                       rope_theta=c.get("theta", 5e5), attn_implementation="eager")
     with torch.device("meta"):
-        layers = [LlamaDecoderLayer(cfg, 15), LlamaDecoderLayer(cfg, 16)]
-        net = LLMMorph(layers, None, c["hidden"], c["rank"], c["rank"])
+        n = 0 if v["ablation"] in ("no-leb", "vit") else n_lebs(v)
+        layers = [LlamaDecoderLayer(cfg, 15 + i) for i in range(n)]
+        net = LLMMorph(layers, None, c["hidden"], c["rank"], c["rank"], variant=v,
+                       heads=c["heads"])
     trainable = sum(p.numel() for _, p in net.trainable())
-    frozen = sum(p.numel() for p in net.leb1._layer.parameters())
-    frozen += sum(p.numel() for p in net.leb2._layer.parameters())
+    frozen = sum(p.numel() for p in net.frozen_parameters())
     parts = {}
     for n, p in net.trainable():
         key = n.split(".")[0] if not n.startswith("dec.") else \
@@ -673,7 +823,7 @@ def check_shuffle():
     print("voxel shuffle: index map of §6 verified for f = 2, 4, 8, 16")
 
 
-def _spec_layer(layer, x, theta, n_heads, n_kv, lora=None, causal=False):
+def _spec_layer(layer, x, theta, n_heads, n_kv, lora=None, causal=False, rope=True):
     """§5.2 written out (fp32/fp64 as x), for checking the HF layer and our wrapper."""
     def rms(v, g, eps):
         return g * (v * torch.rsqrt((v * v).mean(-1, keepdim=True) + eps))
@@ -699,10 +849,11 @@ def _spec_layer(layer, x, theta, n_heads, n_kv, lora=None, causal=False):
     cos = torch.cat([ang.cos(), ang.cos()], -1).to(x.dtype)
     sin = torch.cat([ang.sin(), ang.sin()], -1).to(x.dtype)
 
-    def rope(t):
+    def rope_(t):
         t1, t2 = t[..., : hd // 2], t[..., hd // 2:]
         return t * cos + torch.cat([-t2, t1], -1) * sin
-    q, k = rope(q), rope(k)
+    if rope:
+        q, k = rope_(q), rope_(k)
     rep = n_heads // n_kv
     outs = []
     for h in range(n_heads):
@@ -759,10 +910,69 @@ def check_llm_layer(model, net):
     print(f"LLM layer (HF LlamaDecoderLayer + our LoRA, eager, mask None): = §5.2 bidirectional "
           f"formulas (max |diff| {e:.2e}; vs causal {ec:.2e}); = SDPA + zero mask ({es:.2e}); "
           f"token 0 responds to token L-1 (|Δ| {d0:.3f}): bidirectional")
+    # the switches as LLMMorph.forward applies them: the additive -inf causal mask and the
+    # identity rotation (cos 1, sin 0) for rope none, against §5.2 with a causal mask / no RoPE
+    mask = torch.full((L, L), float("-inf")).triu(1)[None, None]
+    none = (torch.ones_like(cs[0]), torch.zeros_like(cs[1]))
+    errs = {}
+    for causal, rope in ((True, True), (False, False), (True, False)):
+        y = layer(x, attention_mask=mask if causal else None, position_ids=pos,
+                  position_embeddings=cs if rope else none)
+        y = y[0] if isinstance(y, tuple) else y
+        ref = _spec_layer(layer, x[0], theta, cfg.num_attention_heads, cfg.num_key_value_heads,
+                          causal=causal, rope=rope)
+        other = _spec_layer(layer, x[0], theta, cfg.num_attention_heads,
+                            cfg.num_key_value_heads, causal=causal, rope=not rope)
+        errs[(causal, rope)] = ((y[0] - ref).abs().max().item(),
+                                (y[0] - other).abs().max().item())
+        assert errs[(causal, rope)][0] < 1e-5 and errs[(causal, rope)][1] > 1e-3, errs
+    print("    switches: " + "; ".join(
+        f"{'causal' if c else 'bidirectional'}, RoPE {'on' if r else 'none'}: = §5.2 "
+        f"({e[0]:.2e}; with RoPE {'off' if r else 'on'} {e[1]:.2e})" for (c, r), e in errs.items()))
 
 
-def check_zero_heads(model, shape=(32, 32, 32), half=False):
-    net = build_net(model)
+def check_vit_block():
+    """Our ViTBlock (Ablation 2) = nn.TransformerEncoderLayer(norm_first=True, GELU, dim 4d,
+    no dropout) with the same weights (qkv -> in_proj, proj -> out_proj, fc1/fc2 ->
+    linear1/linear2, ln1/ln2 -> norm1/norm2), in float64; bidirectional (the first token
+    responds to the last); eps of both LayerNorms 1e-5."""
+    torch.manual_seed(5)
+    d, heads, L = 64, 8, 12
+    blk = ViTBlock(d, heads).double()
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.copy_(torch.randn(p.shape, dtype=torch.float64) * 0.3 + (1.0 if p.dim() == 1 and
+                                                                       p is blk.ln1.weight else 0))
+    ref = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, activation="gelu",
+                                     batch_first=True, norm_first=True).double()
+    with torch.no_grad():
+        ref.self_attn.in_proj_weight.copy_(blk.qkv.weight)
+        ref.self_attn.in_proj_bias.copy_(blk.qkv.bias)
+        ref.self_attn.out_proj.weight.copy_(blk.proj.weight)
+        ref.self_attn.out_proj.bias.copy_(blk.proj.bias)
+        ref.linear1.weight.copy_(blk.fc1.weight)
+        ref.linear1.bias.copy_(blk.fc1.bias)
+        ref.linear2.weight.copy_(blk.fc2.weight)
+        ref.linear2.bias.copy_(blk.fc2.bias)
+        for a, b in ((ref.norm1, blk.ln1), (ref.norm2, blk.ln2)):
+            a.weight.copy_(b.weight)
+            a.bias.copy_(b.bias)
+    ref.train()     # the plain math path (no fused fast path), dropout 0
+    x = torch.randn(1, L, d, dtype=torch.float64)
+    e = (blk(x) - ref(x)).abs().max().item()
+    assert e < 1e-12, e
+    assert blk.ln1.eps == 1e-5 and blk.ln2.eps == 1e-5
+    x2 = x.clone()
+    x2[0, -1] += torch.randn(d, dtype=torch.float64)   # (a constant shift is LayerNorm-invariant)
+    d0 = (blk(x2)[0, 0] - blk(x)[0, 0]).abs().max().item()
+    assert d0 > 1e-4, d0
+    print(f"ViT block (Ablation 2): = nn.TransformerEncoderLayer(norm_first, gelu, 4d, dropout 0) "
+          f"with the same weights (max |diff| {e:.1e}, float64); LayerNorm eps 1e-5; token 0 "
+          f"responds to token L-1 (|Δ| {d0:.3f}): bidirectional")
+
+
+def check_zero_heads(model, shape=(32, 32, 32), half=False, variant=None):
+    net = build_net(model, variant=variant)
     with torch.no_grad():
         for s in ("s3", "s2", "s1"):
             getattr(net.dec, s).head.weight.zero_()
@@ -772,8 +982,15 @@ def check_zero_heads(model, shape=(32, 32, 32), half=False):
     final = o["phi_full"] if half else o["phi"]
     assert torch.equal(final, torch.zeros_like(final))
     assert torch.equal(o["warped_onehot"], onehot(mseg, 4))
-    print(f"zero flow heads ({'half' if half else 'tiny'}): final field exactly 0, warped one-hot "
-          f"== one-hot input (bitwise); Dice {o['dice'].item():.6f}")
+    print(f"zero flow heads ({'half' if half else 'tiny'}{variant_tag(variant)}): final field "
+          f"exactly 0, warped one-hot == one-hot input (bitwise); Dice {o['dice'].item():.6f}")
+
+
+def variant_tag(variant):
+    v = variant_of(variant)
+    d = [f"{k} {v[k]}" for k in VARIANT_DEFAULT if v[k] != VARIANT_DEFAULT[k] and
+         not (k == "rope" and v["ablation"] == "vit")]
+    return (", " + ", ".join(d)) if d else ""
 
 
 @contextlib.contextmanager
@@ -810,19 +1027,21 @@ def float64_llm_patches():
 FD_EPS = 1e-8
 
 
-def check_gradcheck(model, half=False, picks_per_tensor=2, extra=()):
+def check_gradcheck(model, half=False, picks_per_tensor=2, extra=(), variant=None, tensors=None):
     """float64 central differences (torch.autograd.gradcheck) of the whole loss w.r.t. a few
     elements of several parameter tensors and of both input images."""
     shape = (64, 64, 64) if half else (32, 32, 32)
-    net = build_net(model).double()
+    net = build_net(model, variant=variant).double()
     for p in net.frozen_parameters():
         p.data = p.data.double()
     moving, fixed, mseg, fseg = golden_inputs(shape)
     moving, fixed = moving.double(), fixed.double()
-    tensors = ["encoder.conv1.weight", "encoder.conv5.bias", "leb1.adapter.fc1.weight",
-               "leb1.lora_q.A", "leb2.lora_v.B", "leb2.lora_k.B", "dec.adapter1.weight",
-               "dec.adapter4.bias", "dec.s4.conv.weight", "dec.s3.head.weight",
-               "dec.s2.head.bias", "dec.s1.conv.weight", "dec.s1.head.bias"] + list(extra)
+    if tensors is None:
+        tensors = ["encoder.conv1.weight", "encoder.conv5.bias", "leb1.adapter.fc1.weight",
+                   "leb1.lora_q.A", "leb2.lora_v.B", "leb2.lora_k.B", "dec.adapter1.weight",
+                   "dec.adapter4.bias", "dec.s4.conv.weight", "dec.s3.head.weight",
+                   "dec.s2.head.bias", "dec.s1.conv.weight", "dec.s1.head.bias"]
+    tensors = list(tensors) + list(extra)
     params = dict(net.named_parameters())
     rng = np.random.default_rng(7)
     sel = []
@@ -876,7 +1095,7 @@ def check_gradcheck(model, half=False, picks_per_tensor=2, extra=()):
             mod._parameters[attr] = saved[n]
     rel = ((ga - fd).abs() / fd.abs().clamp_min(1e-6)).max().item()
     absd = (ga - fd).abs().max().item()
-    print(f"gradcheck float64 ({'tiny_half 64³' if half else 'tiny 32³'}): "
+    print(f"gradcheck float64 ({'tiny_half 64³' if half else 'tiny 32³'}{variant_tag(variant)}): "
           f"torch.autograd.gradcheck {'passed' if ok else 'FAILED'} on {len(sel)} scalars "
           f"({len(tensors)} parameter tensors + both images); autograd vs central FD: max "
           f"|diff| {absd:.2e}, max rel {rel:.2e}; loss {loss.item():.10f}")
@@ -890,12 +1109,21 @@ def check_gradcheck(model, half=False, picks_per_tensor=2, extra=()):
 IN_FED_BIASES = tuple([f"leb{k}.adapter.fc{i}.bias" for k in (1, 2) for i in (1, 2)] +
                       [f"dec.adapter{a}.bias" for a in (4, 3, 2, 1)] +
                       [f"dec.s{s}.conv.bias" for s in (4, 3, 2, 1)])
+# Ablation 2: the last bias of a ViT block adds a per-channel constant to the LEB output, whose
+# only consumers are Linear -> InstanceNorm blocks (the next Adapter0's fc1, the decoder
+# adapters): its exact gradient is 0 as well. (proj.bias is not: it also reaches ln2 -> MLP.)
+VIT_ZERO_BIASES = tuple(f"leb{k}.vit.fc2.bias" for k in (1, 2))
 
 
-def run_golden(model, shape, half, dtype=torch.float32):
+def zero_grad_biases(names):
+    """The trainable tensors among `names` whose exact gradient is 0 (see above)."""
+    return tuple(n for n in names if n in IN_FED_BIASES or n in VIT_ZERO_BIASES)
+
+
+def run_golden(model, shape, half, dtype=torch.float32, variant=None):
     """Forward (all boundary tensors) and the loss gradients w.r.t. every trainable tensor and
     both images, as make_net_golden.py stores them; dtype float64 for the precision check."""
-    net = build_net(model)
+    net = build_net(model, variant=variant)
     moving, fixed, mseg, fseg = golden_inputs(shape)
     if dtype == torch.float64:
         net = net.double()
@@ -909,29 +1137,33 @@ def run_golden(model, shape, half, dtype=torch.float32):
         o = net(moving, fixed, mseg, fseg, K=4, kept=(1, 2, 3), half=half, lam=0.1)
         names = [n for n, _ in net.trainable()]
         params = [p for _, p in net.trainable()]
-        grads = torch.autograd.grad(o["loss"], params + [moving, fixed])
+        # allow_unused: no-leb leaves encoder.conv5 unused (gradient exactly 0)
+        grads = torch.autograd.grad(o["loss"], params + [moving, fixed], allow_unused=True)
+        grads = [torch.zeros_like(x) if g is None else g
+                 for x, g in zip(params + [moving, fixed], grads)]
     g = dict(zip(["grad." + n for n in names] + ["grad.in.moving", "grad.in.fixed"], grads))
     return net, (moving, fixed, mseg, fseg), o, g
 
 
-def check_precision(model, half=False, verbose=False):
+def check_precision(model, half=False, verbose=False, variant=None):
     """How far the float32 golden is from the same computation in float64, per stored tensor:
     max |diff| relative to the tensor's max |value| (the C test's measure: forward 1e-4,
     gradients 1e-3) and ||diff||_2 / ||ref||_2. This bounds what an independent float32
     implementation can be asked to match (its own rounding differs from PyTorch's similarly)."""
     shape = (64, 64, 64) if half else (32, 32, 32)
-    _, _, o32, g32 = run_golden(model, shape, half)
-    _, _, o64, g64 = run_golden(model, shape, half, torch.float64)
+    net, _, o32, g32 = run_golden(model, shape, half, variant=variant)
+    _, _, o64, g64 = run_golden(model, shape, half, torch.float64, variant=variant)
+    zb = zero_grad_biases([n for n, _ in net.trainable()])
 
     def rel(a, b):
         a, b = a.detach().double(), b.detach()
         return (((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item(),
                 ((a - b).norm() / b.norm().clamp_min(1e-300)).item())
     fw = {k: rel(v, o64[k]) for k, v in o32.items() if not k.startswith("_")}
-    gr = {k: rel(v, g64[k]) for k, v in g32.items() if k[len("grad."):] not in IN_FED_BIASES}
-    bias = max(g32["grad." + n].abs().max().item() for n in IN_FED_BIASES)
-    bias64 = max(g64["grad." + n].abs().max().item() for n in IN_FED_BIASES)
-    tag = "tiny_half" if half else "tiny"
+    gr = {k: rel(v, g64[k]) for k, v in g32.items() if k[len("grad."):] not in zb}
+    bias = max(g32["grad." + n].abs().max().item() for n in zb)
+    bias64 = max(g64["grad." + n].abs().max().item() for n in zb)
+    tag = ("tiny_half" if half else "tiny") + variant_tag(variant)
     fo = sorted(k for k, v in fw.items() if v[0] > 1e-4)
     go = sorted(k for k, v in gr.items() if v[0] > 1e-3)
     wf = max((v[0], k) for k, v in fw.items())
@@ -939,7 +1171,7 @@ def check_precision(model, half=False, verbose=False):
     wg2 = max((v[1], k) for k, v in gr.items())
     print(f"float32 vs float64 ({tag}): forward worst max-rel {wf[1]} {wf[0]:.2e}; over 1e-4: "
           f"{fo if fo else 'none'}")
-    print(f"    gradients (without the {len(IN_FED_BIASES)} IN-fed biases, exact value 0; float32 "
+    print(f"    gradients (without the {len(zb)} biases of exact gradient 0; float32 "
           f"noise up to {bias:.1e}, float64 {bias64:.1e}): worst max-rel {wg[1]} {wg[0]:.2e}, "
           f"worst L2-rel {wg2[1]} {wg2[0]:.2e}; {len(go)} of {len(gr)} over 1e-3 max-rel")
     if verbose:
@@ -1002,7 +1234,30 @@ def check_counts():
           f"{'MATCHES' if ok else 'DIFFERS FROM'} §12 (142,327,729 / 436,224,000); parts "
           f"{c['parts']}")
     assert ok
+    f = count_params("llama3-8b", {"restore": "figure"})
+    assert f["trainable"] == 143010561, f     # §12: "Variant F has 143,010,561"
+    # the ablations at the LLaMA-3-8B shape, from §12's parts: LoRA 2,359,296, Adapter0b
+    # 33,562,624, one layer 218,112,000, decoder adapters 89,150,720 (+ a ViT block of width
+    # 4096: 12·4096² + 13·4096 = 201,379,840 each, no frozen layer)
+    want = {"no-lora": (142327729 - 2359296, 436224000),
+            "one-leb": (142327729 - 33562624 - 2359296 // 2, 218112000),
+            # no-leb also drops the F_j input channels of the four stage convs (§7.1)
+            "no-leb": (142327729 - 17047552 - 33562624 - 2359296 - 89150720
+                       - (32 * 32 + 16 * 16 + 16 * 8 + 8 * 4) * 27, 0),
+            "vit": (142327729 - 2359296 + 2 * (12 * 4096 ** 2 + 13 * 4096), 0)}
+    got = {}
+    for a, (tr, fr) in want.items():
+        g = count_params("llama3-8b", {"ablation": a})
+        got[a] = g["trainable"]
+        assert (g["trainable"], g["frozen"]) == (tr, fr), (a, g, tr, fr)
+    print("count_params(llama3-8b, variants): figure 143,010,561 (= §12); " +
+          ", ".join(f"{a} {n:,}" for a, n in got.items()) + " (= §12's parts)")
     return c
+
+
+VARIANTS_CHECKED = ({"restore": "figure"}, {"combine": "add"}, {"mask": "causal"}, {"rope": False},
+                    {"ablation": "no-leb"}, {"ablation": "one-leb"}, {"ablation": "no-lora"},
+                    {"ablation": "vit"})
 
 
 def main(argv):
@@ -1017,14 +1272,29 @@ def main(argv):
     model = load_stories()
     net = build_net(model)
     check_llm_layer(model, net)
+    check_vit_block()
     check_zero_heads(model)
     check_zero_heads(model, (64, 64, 64), half=True)
+    for v in VARIANTS_CHECKED:
+        check_zero_heads(model, variant=v)
     if quick:
         return
     check_gradcheck(model)
     check_gradcheck(model, half=True, picks_per_tensor=1)
+    check_gradcheck(model, variant={"ablation": "vit"}, picks_per_tensor=1,
+                    tensors=["encoder.conv5.bias", "leb1.adapter.fc2.weight", "leb1.vit.ln1.weight",
+                             "leb1.vit.qkv.weight", "leb1.vit.qkv.bias", "leb2.vit.proj.bias",
+                             "leb2.vit.ln2.bias", "leb2.vit.fc1.weight", "leb2.vit.fc2.weight",
+                             "dec.adapter2.weight", "dec.s2.head.weight"])
+    check_gradcheck(model, variant={"restore": "figure", "combine": "add", "mask": "causal",
+                                    "rope": False}, picks_per_tensor=1,
+                    tensors=["leb1.lora_q.A", "leb2.lora_k.B", "dec.adapter3.weight",
+                             "dec.adapter1.weight", "dec.s4.conv.weight", "dec.s2.head.bias",
+                             "dec.s1.head.weight"])
     check_precision(model)
     check_precision(model, half=True)
+    for v in VARIANTS_CHECKED:
+        check_precision(model, variant=v)
     check_abdomen_shapes(model)
     print("all reference checks passed")
 

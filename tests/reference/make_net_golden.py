@@ -6,6 +6,11 @@ from the independent PyTorch reference tests/reference/llm_morph_ref.py (written
 Writes (run from the repository root):
   tests/data/net_tiny.safetensors        32×32×32, stories260K layers 2 and 3, variant T
   tests/data/net_tiny_half.safetensors   64×64×64 images pooled to 32×32×32 (MODEL.md §2.2)
+  tests/data/net_tiny_<switch>.safetensors   32×32×32, one switch or ablation each (MODEL.md
+      §15 rows 1, 8, 9, 16, 32, 33; NET_GOLDEN.md "Configurations"): figure (restore=figure),
+      add (combine=add), causal (mask causal), norope (rope none), noleb, oneleb (layer 2 only),
+      nolora, vit (ViT blocks instead of the LLM layers, 8 heads); stored more compactly
+      (NSAMPLE 256, FULL_MAX 512) so that every network golden together stays under 2 MB
 
 Every trainable tensor is filled by NET_GOLDEN.md's splitmix64 hash (tensor number t in §18 order,
 listed in the metadata `golden.params`); the inputs are the same hash (t = 1000 moving, 1001
@@ -45,10 +50,11 @@ safetensors emits the metadata keys in a random order, so it is called until the
 sorted, which makes the files byte-identical between runs.
 
 Prints, for each config, the parameter counts, the loss, Dice and Grad_L2, and the tensors whose
-tolerance is above the floor (with the float32 run's own error). About 5 minutes on 2 CPUs.
-Rerun: `python3 tests/reference/make_net_golden.py` (`--full-max N` lowers the 32768-element
-threshold for trying other files; that departs from NET_GOLDEN.md and is not the default). Needs torch, transformers, numpy,
-safetensors and ../shared/weights/stories260K-hf.
+tolerance is above the floor (with the float32 run's own error). About 2.5 minutes per config on
+one CPU (25 minutes for all ten). Rerun: `python3 tests/reference/make_net_golden.py [NAME ...]`
+(all configs, or the named ones, e.g. `tiny_vit`; `--full-max N` lowers the FULL_MAX threshold
+for trying other files; that departs from NET_GOLDEN.md and is not the default). Needs torch,
+transformers, numpy, safetensors and ../shared/weights/stories260K-hf.
 """
 import contextlib
 import json
@@ -62,24 +68,54 @@ from safetensors.torch import save
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import llm_morph_ref as R  # noqa: E402
 
-FULL_MAX = 4096
+FULL_MAX = 4096    # the default configs; the switch/ablation configs use 512 and 256
 NSAMPLE = 2048
 NPERT = 6          # perturbed float64 runs for the tolerances
 PERT = 2e-6        # relative size of those perturbations
 SAFETY = 2.0
 FLOOR_FWD, FLOOR_GRAD = 1e-4, 1e-3
 
+# name, input shape, half, variant (llm_morph_ref.VARIANT_DEFAULT keys), (NSAMPLE, FULL_MAX)
+COMPACT = (256, 512)
 CONFIGS = [
-    ("tiny", (32, 32, 32), False, "tests/data/net_tiny.safetensors"),
-    ("tiny_half", (64, 64, 64), True, "tests/data/net_tiny_half.safetensors"),
+    ("tiny", (32, 32, 32), False, {}, None),
+    ("tiny_half", (64, 64, 64), True, {}, None),
+    ("tiny_figure", (32, 32, 32), False, {"restore": "figure"}, COMPACT),
+    ("tiny_add", (32, 32, 32), False, {"combine": "add"}, COMPACT),
+    ("tiny_causal", (32, 32, 32), False, {"mask": "causal"}, COMPACT),
+    ("tiny_norope", (32, 32, 32), False, {"rope": False}, COMPACT),
+    ("tiny_noleb", (32, 32, 32), False, {"ablation": "no-leb"}, COMPACT),
+    ("tiny_oneleb", (32, 32, 32), False, {"ablation": "one-leb"}, COMPACT),
+    ("tiny_nolora", (32, 32, 32), False, {"ablation": "no-lora"}, COMPACT),
+    ("tiny_vit", (32, 32, 32), False, {"ablation": "vit"}, COMPACT),
 ]
+LAYERS = (2, 3)
+RANK, ALPHA = 4, 8
 
 
-def config_json(name, shape, half):
+def path_of(name):
+    return f"tests/data/net_{name}.safetensors"
+
+
+def golden_layers(v):
+    """The LLM layers the config's LEBs use (NET_GOLDEN.md): 2, 3; 2 for one-leb; none for
+    no-leb and vit."""
+    return [] if v["ablation"] in ("no-leb", "vit") else list(LAYERS[:R.n_lebs(v)])
+
+
+def config_json(name, shape, half, variant=None, compact=None, heads=None):
+    v = R.variant_of(variant)
+    rank = 0 if v["ablation"] in ("no-leb", "no-lora", "vit") else RANK
     c = {"name": name, "shape": list(shape), "half": half, "llm": "stories260K-hf",
-         "layers": [2, 3], "lora_rank": 4, "lora_alpha": 8, "mask": "bidirectional",
-         "rope": True, "restore": "text", "combine": "compose", "lambda": 0.1,
-         "kept": [1, 2, 3], "classes": [0, 1, 2, 3]}
+         "layers": golden_layers(v), "lora_rank": rank, "lora_alpha": ALPHA,
+         "mask": v["mask"], "rope": v["rope"], "restore": v["restore"],
+         "combine": v["combine"], "lambda": 0.1, "kept": [1, 2, 3], "classes": [0, 1, 2, 3]}
+    if v["ablation"] != "none":
+        c["ablation"] = v["ablation"]
+    if v["ablation"] == "vit":
+        c["heads"] = heads
+    if compact:
+        c["nsample"], c["full_max"] = compact
     return json.dumps(c, separators=(",", ":"))
 
 
@@ -113,10 +149,11 @@ def write_sorted(tensors, metadata, path):
     sys.exit("safetensors never wrote the metadata keys in sorted order")
 
 
-def evaluate(model, shape, half, dtype, seed=None):
+def evaluate(model, shape, half, dtype, seed=None, variant=None):
     """Every boundary and gradient (float64 numpy, by stored key) of one evaluation: float32, or
     float64 with parameters and images multiplied by (1 + PERT·u) when seed is given."""
-    net = R.build_net(model)
+    var = R.variant_of(variant)
+    net = R.build_net(model, LAYERS, RANK, ALPHA, variant=var)
     moving, fixed, mseg, fseg = R.golden_inputs(shape)
     if dtype == torch.float64:
         net = net.double()
@@ -139,10 +176,15 @@ def evaluate(model, shape, half, dtype, seed=None):
         o = net(moving, fixed, mseg, fseg, K=4, kept=(1, 2, 3), half=half, lam=0.1)
         names = [n for n, _ in net.trainable()]
         params = [p for _, p in net.trainable()]
-        grads = torch.autograd.grad(o["loss"], params + [moving, fixed])
+        # allow_unused: no-leb leaves encoder.conv5 (Fm5/Ff5 feed only the tokens) unused, so
+        # its gradient is exactly 0
+        grads = torch.autograd.grad(o["loss"], params + [moving, fixed], allow_unused=True)
+        grads = [torch.zeros_like(x) if g is None else g
+                 for x, g in zip(params + [moving, fixed], grads)]
     v = {"in.moving": moving, "in.fixed": fixed}
     keys = [f"fm{i}" for i in range(1, 6)] + [f"ff{i}" for i in range(1, 6)] + \
-        ["x0", "leb1", "t", "f4", "f3", "f2", "f1", "s4", "phi3", "psi2", "phi"] + \
+        (["x0", "leb1", "t", "f4", "f3", "f2", "f1"] if R.n_lebs(var) else []) + \
+        ["s4", "phi3", "psi2", "phi"] + \
         (["phi_full"] if half else []) + ["warped_onehot", "loss", "dice", "grad_l2"]
     for k in keys:
         assert o[k].dtype == dtype, k
@@ -159,11 +201,14 @@ def scale_of(key, ref):
         return abs(float(ref[key].reshape(-1)[0]))
     if exact_zero(key):
         key = key[:-len("bias")] + "weight"
-    return float(np.abs(ref[key]).max())
+    m = float(np.abs(ref[key]).max())
+    return m if m > 0 else 1.0      # a tensor the variant does not use: absolute error
 
 
 def exact_zero(key):
-    return key.startswith("grad.") and key[len("grad."):] in R.IN_FED_BIASES
+    """The biases whose exact gradient is 0 (R.zero_grad_biases: those feeding an instance norm,
+    and the last bias of a ViT block)."""
+    return key.startswith("grad.") and key[len("grad."):] in R.zero_grad_biases([key[5:]])
 
 
 def measure(key, x, ref, scale):
@@ -178,16 +223,31 @@ def measure(key, x, ref, scale):
     if exact_zero(key):         # sums of rounding noise mean nothing
         return e
     s_ref, q_ref = r.sum(), (r * r).sum()
-    es = abs(x.sum() - s_ref) / max(abs(s_ref), np.sqrt(q_ref))
+    es = abs(x.sum() - s_ref) / max(abs(s_ref), np.sqrt(q_ref), 1e-300)
     eq = abs((x * x).sum() - q_ref) / max(q_ref, 1e-300)
     return max(e, es, eq)
 
 
-def run(model, name, shape, half, path):
-    net, ref = evaluate(model, shape, half, torch.float64)
-    _, v32 = evaluate(model, shape, half, torch.float32)
-    runs = [v32] + [evaluate(model, shape, half, torch.float64, seed)[1]
+def run(model, name, shape, half, path, variant=None, compact=None):
+    global NSAMPLE, FULL_MAX
+    saved = NSAMPLE, FULL_MAX
+    if compact:
+        NSAMPLE, FULL_MAX = compact
+    try:
+        return run_(model, name, shape, half, path, variant, compact)
+    finally:
+        NSAMPLE, FULL_MAX = saved
+
+
+def run_(model, name, shape, half, path, variant, compact):
+    net, ref = evaluate(model, shape, half, torch.float64, variant=variant)
+    _, v32 = evaluate(model, shape, half, torch.float32, variant=variant)
+    runs = [v32] + [evaluate(model, shape, half, torch.float64, seed, variant)[1]
                     for seed in range(1, NPERT + 1)]
+    for k in ref:       # the exact-zero biases really are 0 up to float64 rounding
+        if exact_zero(k):
+            w = np.abs(ref[k[:-len("bias")] + "weight"]).max()
+            assert np.abs(ref[k]).max() <= 1e-9 * max(w, 1e-300), (k, np.abs(ref[k]).max(), w)
     out = {}
     tol = {}
     for k, r in ref.items():
@@ -205,7 +265,8 @@ def run(model, name, shape, half, path):
         if t > floor:
             print(f"    {k:32s} tol {t:.2e} (float32 run {measure(k, v32[k], r, sc):.2e}, "
                   f"worst {worst:.2e})")
-    meta = {"golden.config": config_json(name, shape, half),
+    meta = {"golden.config": config_json(name, shape, half, variant, compact,
+                                         model.config.num_attention_heads),
             "golden.params": json.dumps([[n, list(p.shape)] for n, p in net.trainable()],
                                         separators=(",", ":")),
             "golden.tol": json.dumps(dict(sorted(tol.items())), separators=(",", ":"))}
@@ -214,8 +275,12 @@ def run(model, name, shape, half, path):
     ntrain = sum(p.numel() for p in params)
     nfrozen = sum(p.numel() for p in net.frozen_parameters())
     phi_final = ref["out.phi_full"] if half else ref["out.phi"]
+    v = R.variant_of(variant)
+    ly = golden_layers(v)
+    L = (shape[0] // (32 if half else 16)) * (shape[1] // (32 if half else 16)) * \
+        (shape[2] // (32 if half else 16))
     print(f"{name}: trainable {ntrain:,} parameters ({len(params)} tensors), frozen {nfrozen:,} "
-          f"(stories260K layers 2, 3); L = {ref['out.x0'].shape[1]}; loss "
+          f"(stories260K layers {', '.join(map(str, ly)) or 'none'}); L = {L}; loss "
           f"{ref['out.loss'].item():.9g}  Dice {ref['out.dice'].item():.9g}  Grad_L2 "
           f"{ref['out.grad_l2'].item():.9g}  |phi|max {np.abs(phi_final).max():.4g} vox -> {path} "
           f"({os.path.getsize(path):,} bytes, {len(out)} tensors; {sum(t[0] > (FLOOR_GRAD if k.startswith('grad.') else FLOOR_FWD) for k, t in tol.items())} "
@@ -228,6 +293,11 @@ def main():
     if args[:1] == ["--full-max"]:   # NOT the contract: only for trying a smaller threshold
         FULL_MAX = int(args[1])
         print(f"WARNING: --full-max {FULL_MAX} departs from NET_GOLDEN.md (4096)")
+        args = args[2:]
+    names = [c[0] for c in CONFIGS]
+    for a in args:
+        if a not in names:
+            sys.exit(f"unknown config '{a}' (one of {', '.join(names)})")
     if not os.path.isdir("tests/data"):
         sys.exit("run from the repository root (tests/data not found)")
     if not os.path.isdir(R.STORIES):
@@ -236,8 +306,9 @@ def main():
     R.check_hash()
     R.check_warp()
     model = R.load_stories()
-    for name, shape, half, path in CONFIGS:
-        run(model, name, shape, half, path)
+    for name, shape, half, variant, compact in CONFIGS:
+        if not args or name in args:
+            run(model, name, shape, half, path_of(name), variant, compact)
 
 
 if __name__ == "__main__":
