@@ -42,6 +42,7 @@
 
 #include "io/lm_tensor.h"
 #include "model/lm_llm.h"
+#include "prep/lm_prep.h"
 
 typedef struct lm_backend lm_backend;
 
@@ -244,6 +245,16 @@ typedef int (*lm_net_stage_fn)(lm_net *n, lm_record *rec);
  * Exits with the program's status on errors. */
 int lm_net_tool_main(int argc, char **argv, const char *synopsis, const char *summary,
                      lm_net_stage_fn stage, const char *what, int with_llm);
+/* lm-register's NIfTI mode (net_register.c). lm_net_prep_defaults: the preprocessing a
+ * checkpoint needs — half from the config (a --half the config does not have is an error) and,
+ * when no --shape/--like/--crop-pad was given, the config's full grid over the fixed image's
+ * field of view. lm_net_register_pairs: every pair read and preprocessed as lm-preprocess does,
+ * registered (lm_net_stage_register), the command in the history, written to the stream `out` (NULL:
+ * stdout; a file appears only when every pair succeeded); *count = pairs written. */
+int lm_net_prep_defaults(const lm_net *n, lm_prep_opts *po);
+int lm_net_register_pairs(lm_net *n, const lm_prep_opts *po, const lm_prep_pair *pairs,
+                          int npairs, const char *out, int wflags, int argc, char **argv,
+                          long *count);
 /* The loop of a stage program: every record of the stream `in` ("-" or NULL: stdin) through
  * stage, history appended, written to `out` (NULL: stdout; a file appears only on success).
  * Progress on stderr. 0, or -1 with lm_error "INPUT: record N: reason". */

@@ -5,9 +5,11 @@
 #include "lm_net.h"
 
 #include "cli/lm_cli.h"
+#include "io/lm_nifti.h"
 #include "io/lm_stream.h"
 #include "lm_kernels.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -26,6 +28,15 @@ static const lm_option opts_llm[] = {
     {"llm", 0, "DIR", "Hugging Face model folder (default: the one the checkpoint names)"},
     COMMON_TAIL,
 };
+/* lm-register: the stream options plus NIfTI input (net_register.c) */
+static const lm_option opts_register[] = {
+    {"weights", 'w', "CKPT", "network checkpoint (.safetensors; required)"},
+    {"llm", 0, "DIR", "Hugging Face model folder (default: the one the checkpoint names)"},
+    {"pairs", 'p', "LIST", "NIfTI mode: TSV of pairs (moving, fixed[, moving_seg, fixed_seg[, id]])"},
+    {"pair", 0, "ID", "NIfTI mode: pair id of the operands (default: the moving file's name)"},
+    LM_PREP_OPTION_ROWS,
+    COMMON_TAIL,
+};
 static const lm_option opts_plain[] = {
     {"weights", 'w', "CKPT", "network checkpoint (.safetensors; required)"},
     COMMON_TAIL,
@@ -34,19 +45,30 @@ static const lm_option opts_plain[] = {
 int lm_net_tool_main(int argc, char **argv, const char *synopsis, const char *summary,
                      lm_net_stage_fn stage, const char *what, int with_llm)
 {
-    const lm_option *opts = with_llm ? opts_llm : opts_plain;
+    const int reg = stage == lm_net_stage_register;
+    const lm_option *opts = reg ? opts_register : with_llm ? opts_llm : opts_plain;
     const lm_cli_spec spec = {synopsis, summary, opts,
                               "Exit status: 0 success, 1 bad input or failed write, 2 usage error."};
-    const char *arg, *out = NULL, *ckpt = NULL, *dev = NULL, *llm = NULL;
+    const char *arg, *out = NULL, *ckpt = NULL, *dev = NULL, *llm = NULL, *list = NULL,
+               *pair_id = NULL;
+    lm_prep_opts po;
+    int prep_given = 0;
     int flags = 0, c;
     long threads = 0;
     lm_cli_init(argv[0]);
+    lm_prep_opts_default(&po);
     while ((c = lm_cli_next(argc, argv, &spec, &arg)) >= 0) {
         const char *o = opts[c].lng;
         if (!strcmp(o, "weights"))
             ckpt = arg;
         else if (!strcmp(o, "llm"))
             llm = arg;
+        else if (!strcmp(o, "pairs"))
+            list = arg;
+        else if (!strcmp(o, "pair"))
+            pair_id = arg;
+        else if (lm_prep_option(&po, o, arg))
+            prep_given = 1;
         else if (!strcmp(o, "output"))
             out = arg;
         else if (!strcmp(o, "force"))
@@ -62,8 +84,43 @@ int lm_net_tool_main(int argc, char **argv, const char *synopsis, const char *su
     }
     if (!ckpt)
         lm_usage_error("-w CKPT is required");
-    if (argc - optind > 1)
+    /* lm-register's NIfTI mode: --pairs, or 2 or 4 NIfTI operands */
+    int nops = argc - optind, nifti = reg && (list != NULL);
+    for (int i = 0; reg && !list && (nops == 2 || nops == 4) && i < nops; i++)
+        nifti = lm_nifti_is_name(argv[optind + i]) ? 1 : 0;
+    if (!reg && nops > 1)
         lm_usage_error("at most one STREAM");
+    if (reg && !nifti) {
+        if (nops > 1)
+            lm_usage_error("expected one STREAM, or MOVING FIXED [MOVING_SEG FIXED_SEG] NIfTI "
+                           "files, or --pairs LIST");
+        if (prep_given || pair_id)
+            lm_usage_error("the preprocessing options are for NIfTI input (operands or --pairs)");
+    }
+    lm_prep_pair *pairs = NULL, one;
+    int npairs = 0;
+    if (nifti) {
+        lm_prep_opts_check(&po);
+        if (list) {
+            if (nops)
+                lm_usage_error("--pairs and file operands exclude each other");
+            if (pair_id)
+                lm_usage_error("--pair is for operands; --pairs takes ids from the list");
+            if (lm_prep_read_pairs(list, &pairs, &npairs) < 0)
+                lm_die(LM_EXIT_FAIL, "%s: %s", list, lm_error());
+        } else {
+            memset(&one, 0, sizeof one);
+            for (int i = 0; i < nops; i++)
+                one.f[i] = argv[optind + i];
+            one.id = pair_id ? (char *)pair_id : lm_prep_stem(one.f[0]);
+            pairs = &one;
+            npairs = 1;
+        }
+        for (int p = 0; p < npairs; p++) /* every input exists before any work is done */
+            for (int i = 0; i < 4; i++)
+                if (pairs[p].f[i] && access(pairs[p].f[i], R_OK) != 0)
+                    lm_die(LM_EXIT_FAIL, "%s: %s", pairs[p].f[i], strerror(errno));
+    }
     lm_backend *be = lm_net_backend_open(dev);
     if (!be)
         lm_die(LM_EXIT_FAIL, "%s", lm_error());
@@ -88,7 +145,12 @@ int lm_net_tool_main(int argc, char **argv, const char *synopsis, const char *su
         lm_llm_close(&m);
     }
     long count;
-    if (lm_net_stream(n, stage, optind < argc ? argv[optind] : "-", out, flags, argc, argv, what,
+    if (nifti) {
+        if (lm_net_prep_defaults(n, &po) < 0)
+            lm_usage_error("%s", lm_error());
+        if (lm_net_register_pairs(n, &po, pairs, npairs, out, flags, argc, argv, &count) < 0)
+            lm_die(LM_EXIT_FAIL, "%s", lm_error());
+    } else if (lm_net_stream(n, stage, optind < argc ? argv[optind] : "-", out, flags, argc, argv, what,
                       &count) < 0)
         lm_die(LM_EXIT_FAIL, "%s", lm_error());
     if (!count)
