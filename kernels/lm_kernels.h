@@ -87,6 +87,10 @@ typedef struct {
 } lm_vol_args;
 
 enum { LM_PAD_ZEROS = 0, LM_PAD_BORDER = 1 };
+/* Or'ed into lm_warp_args.padding, for warp_fwd with zeros padding and warp_nearest on the CPU:
+ * src, flow and y are in NIfTI's array order [C,W,H,D] (D fastest) instead of [C,D,H,W]; the
+ * values are voxel for voxel the same, bit for bit (lm-warp warps NIfTI files untransposed). */
+enum { LM_WARP_NIFTI_ORDER = 0x100 };
 
 typedef struct {
     int C;        /* source channels */

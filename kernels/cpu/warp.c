@@ -4,12 +4,16 @@
  * double (common/lm_kmath.h, lm_k_lin_axis). The flow gradient is a per-voxel gather
  * (parallel over voxels); the source gradient is a scatter, parallel over channels only, each
  * channel in voxel order, so the bits never depend on the thread count. The zeros-padding
- * forward has an eight-voxel vector path for AVX2 CPUs that gives the scalar code's bits.
+ * forward and the nearest warp have four-voxel vector paths for AVX2 CPUs that give the scalar
+ * code's bits, and both also run on volumes in NIfTI's array order (D
+ * fastest; LM_WARP_NIFTI_ORDER), voxel for voxel the same values, so that lm-warp needs no
+ * transposes.
  * Not here: integration of velocity fields, resampling between grids.
  */
 #include "cpu.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -57,13 +61,32 @@ static int warp_check(int C, int D, int H, int W, const char *what)
                 const int64_t p = (z * H + yy) * W + xx;
 #define VOXEL_LOOP_END }
 
+/* Where voxel (z, y, x) of a channel lies -- z along D, y along H, x along W: element
+ * z·sz + y·sy + x·sx, in either array order (LM_WARP_NIFTI_ORDER). */
+typedef struct {
+    int64_t D, H, W, N, sz, sy, sx;
+    int nifti; /* NIfTI order: rows run along D (sz = 1); else along W (sx = 1) */
+} warp_grid;
+
+static warp_grid grid_of(const lm_warp_args *a)
+{
+    warp_grid g = {a->D, a->H, a->W, (int64_t)a->D * a->H * a->W, 0, 0, 0,
+                   (a->padding & LM_WARP_NIFTI_ORDER) != 0};
+    if (g.nifti) {
+        g.sz = 1, g.sy = g.D, g.sx = g.D * g.H;
+    } else {
+        g.sz = g.H * g.W, g.sy = g.W, g.sx = 1;
+    }
+    return g;
+}
+
 /* Zero padding, the common case, without the derivative bookkeeping of corners_at: the same
  * weights, corner order and summation order, hence the same bits. One voxel, all channels. */
 static inline void warp_voxel_zeros(float *y, const float *src, const float *flow, int64_t C,
-                                    int64_t D, int64_t H, int64_t W, int64_t z, int64_t yy,
-                                    int64_t xx)
+                                    const warp_grid *g, int64_t z, int64_t yy, int64_t xx)
 {
-    const int64_t N = D * H * W, HW = H * W, p = (z * H + yy) * W + xx;
+    const int64_t N = g->N, D = g->D, H = g->H, W = g->W, sz = g->sz, sy = g->sy, sx = g->sx;
+    const int64_t p = z * sz + yy * sy + xx * sx;
     double qz = (double)z + (double)flow[p], qy = (double)yy + (double)flow[N + p],
            qx = (double)xx + (double)flow[2 * N + p];
     if (!(qz > -1.0 && qz < (double)D && qy > -1.0 && qy < (double)H && qx > -1.0 &&
@@ -81,18 +104,18 @@ static inline void warp_voxel_zeros(float *y, const float *src, const float *flo
     if (z0 >= 0 && z0 + 1 < D && y0 >= 0 && y0 + 1 < H && x0 >= 0 && x0 + 1 < W) {
         /* all eight corners inside */
         const double w00 = wz0 * wy0, w01 = wz0 * ty, w10 = tz * wy0, w11 = tz * ty;
-        const int64_t o = z0 * HW + y0 * W + x0;
+        const int64_t o = z0 * sz + y0 * sy + x0 * sx;
         for (int64_t c = 0; c < C; c++) {
             const float *b = src + c * N + o;
             double v = 0;
             v += w00 * wx0 * b[0];
-            v += w00 * tx * b[1];
-            v += w01 * wx0 * b[W];
-            v += w01 * tx * b[W + 1];
-            v += w10 * wx0 * b[HW];
-            v += w10 * tx * b[HW + 1];
-            v += w11 * wx0 * b[HW + W];
-            v += w11 * tx * b[HW + W + 1];
+            v += w00 * tx * b[sx];
+            v += w01 * wx0 * b[sy];
+            v += w01 * tx * b[sy + sx];
+            v += w10 * wx0 * b[sz];
+            v += w10 * tx * b[sz + sx];
+            v += w11 * wx0 * b[sz + sy];
+            v += w11 * tx * b[sz + sy + sx];
             y[c * N + p] = (float)v;
         }
         return;
@@ -107,167 +130,362 @@ static inline void warp_voxel_zeros(float *y, const float *src, const float *flo
             for (int b = 0; b < 2; b++)
                 for (int e = 0; e < 2; e++)
                     if (inz[a] && iny[b] && inx[e])
-                        v += wz[a] * wy[b] * wx[e] * sc[(z0 + a) * HW + (y0 + b) * W + (x0 + e)];
+                        v += wz[a] * wy[b] * wx[e] *
+                             sc[(z0 + a) * sz + (y0 + b) * sy + (x0 + e) * sx];
         y[c * N + p] = (float)v;
     }
 }
 
+/* Nearest index along one axis, or -1 outside (NaN too). round(q) in [0, n) implies
+ * q in (-1, n), the scalar test of the trilinear warp. */
+static inline int64_t near_axis(double q, int64_t n)
+{
+    double r = lm_k_round_even(q);
+    return r >= 0 && r < (double)n ? (int64_t)r : -1;
+}
+
+static inline void warp_voxel_nearest(void *y, const void *src, const float *flow, int64_t C,
+                                      const warp_grid *g, int64_t z, int64_t yy, int64_t xx)
+{
+    const int64_t N = g->N, p = z * g->sz + yy * g->sy + xx * g->sx;
+    int64_t iz = near_axis((double)z + (double)flow[p], g->D),
+            iy = near_axis((double)yy + (double)flow[N + p], g->H),
+            ix = near_axis((double)xx + (double)flow[2 * N + p], g->W);
+    int inside = iz >= 0 && iy >= 0 && ix >= 0;
+    int64_t o = inside ? iz * g->sz + iy * g->sy + ix * g->sx : 0;
+    for (int64_t c = 0; c < C; c++) /* F32 and I32 alike: the 32 bits are copied */
+        ((uint32_t *)y)[c * N + p] = inside ? ((const uint32_t *)src)[c * N + o] : 0;
+}
+
+/* Every voxel of the warp_grid *g in scope, in memory order: rows along the fastest axis, the
+ * row (r1, r2) being (z, y) = (r1, r2) in the DHW order and (x, y) = (r1, r2) in the NIfTI
+ * order. Rows are shared out among the threads; each voxel is computed alone, so the bits
+ * never depend on the thread count. */
+#define WARP_ROWS(...)                                                                         \
+    do {                                                                                       \
+        const int64_t R1_ = g->nifti ? g->W : g->D, R2_ = g->H;                                \
+        _Pragma("omp parallel for collapse(2) schedule(static) if (g->N >= 4096)")             \
+        for (int64_t r1 = 0; r1 < R1_; r1++)                                                   \
+            for (int64_t r2 = 0; r2 < R2_; r2++) {                                             \
+                __VA_ARGS__                                                                    \
+            }                                                                                  \
+    } while (0)
+
+static void warp_zeros_scalar(float *y, const float *src, const float *flow, int64_t C,
+                              const warp_grid *g)
+{
+    const int64_t L = g->nifti ? g->D : g->W;
+    WARP_ROWS(for (int64_t l = 0; l < L; l++) {
+        if (g->nifti)
+            warp_voxel_zeros(y, src, flow, C, g, l, r2, r1);
+        else
+            warp_voxel_zeros(y, src, flow, C, g, r1, r2, l);
+    });
+}
+
+static void warp_nearest_scalar(void *y, const void *src, const float *flow, int64_t C,
+                                const warp_grid *g)
+{
+    const int64_t L = g->nifti ? g->D : g->W;
+    WARP_ROWS(for (int64_t l = 0; l < L; l++) {
+        if (g->nifti)
+            warp_voxel_nearest(y, src, flow, C, g, l, r2, r1);
+        else
+            warp_voxel_nearest(y, src, flow, C, g, r1, r2, l);
+    });
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-/* The vector path, for CPUs with AVX2: eight voxels of a row at a time in GCC/Clang vector
- * extensions, compiled for AVX2 without FMA, so that every lane does the scalar code's double
- * operations, in its order, with its rounding: the bits are the same as warp_voxel_zeros'.
- * Integer tests replace the double ones: with t = trunc(q), q > -1 and q < n exactly when
- * 0 <= t <= n-1, and floor(q) = t - 1 exactly where q < 0, i.e. where the float flow f < -p
- * (p + f in double keeps the sign of the exact sum). A group of eight whose corners are all
- * inside takes the short path; any other group masks the corners outside (value 0: adding
- * w·0 = +0 to v changes nothing, as v is never -0). Flows beyond ±(n+2), NaN included, are
- * replaced by -p-2 (outside, as the scalar code finds them) so that the conversions stay in
- * range. Needs D·H·W < 2^31 and every n < 2^24. */
-typedef double warp_vd __attribute__((vector_size(64)));
-typedef float warp_vf __attribute__((vector_size(32)));
-typedef int32_t warp_vi __attribute__((vector_size(32)));
+#include <immintrin.h>
+/* The vector paths, for CPUs with AVX2: four voxels of a row at a time, in double as the scalar
+ * code, without FMA (target avx2 only), each lane doing the scalar code's operations in its
+ * order with its rounding, so the bits are the same:
+ *  - floor(q) is the scalar code's "truncation, or -1 below 0" wherever q > -1, and q - floor(q)
+ *    the same difference;
+ *  - a group whose 32 corners are all inside is found with integer tests on the floors
+ *    (unsigned z0 <= D-2 and so on; a NaN, infinite or huge q converts to INT32_MIN and fails)
+ *    and sums its corners, loaded as adjacent pairs along the memory-fastest axis, in the
+ *    scalar order;
+ *  - any other group takes the scalar test q in (-1, n) per axis and masked gathers: a corner
+ *    outside reads 0, and adding w·0 = +0 to v changes nothing (v starts at +0 and is never -0),
+ *    which is the scalar code skipping it; a lane with every corner outside is set to 0.
+ * Offsets are int32: needs D·H·W plus a plane, a row and a voxel < 2^31. */
+typedef struct {
+    __m128i sz, sy, sx, dlim, hlim, wlim, dmax, hmax, wmax;
+    __m256d dn, hn, wn;
+    int32_t oz, oy, ox; /* the scalar strides */
+} warp_vconst;
 
-/* lane-wise a if m else b, m all ones or all zeros */
-#define WARP_SEL(m, a, b) ((warp_vf)(((warp_vi)(a) & (m)) | ((warp_vi)(b) & ~(m))))
+/* 4-lane masks from a 4-bit movemask */
+static const int32_t warp_lane_masks[16][4] __attribute__((aligned(16))) = {
+    {0, 0, 0, 0},   {-1, 0, 0, 0},   {0, -1, 0, 0},   {-1, -1, 0, 0},
+    {0, 0, -1, 0},  {-1, 0, -1, 0},  {0, -1, -1, 0},  {-1, -1, -1, 0},
+    {0, 0, 0, -1},  {-1, 0, 0, -1},  {0, -1, 0, -1},  {-1, -1, 0, -1},
+    {0, 0, -1, -1}, {-1, 0, -1, -1}, {0, -1, -1, -1}, {-1, -1, -1, -1}};
 
-/* the eight values src[o[l]] (where m[l]), converted to double */
-#define WARP_GATHER(s, o, m)                                                                   \
-    __builtin_convertvector((warp_vf)((warp_vi)((warp_vf){s[o[0]], s[o[1]], s[o[2]], s[o[3]],  \
-                                                          s[o[4]], s[o[5]], s[o[6]], s[o[7]]}) \
-                                      & (m)),                                                  \
-                            warp_vd)
+__attribute__((target("avx2"))) static warp_vconst warp_vconst_of(const warp_grid *g)
+{
+    warp_vconst k;
+    k.oz = (int32_t)g->sz, k.oy = (int32_t)g->sy, k.ox = (int32_t)g->sx;
+    k.sz = _mm_set1_epi32(k.oz), k.sy = _mm_set1_epi32(k.oy), k.sx = _mm_set1_epi32(k.ox);
+    k.dlim = _mm_set1_epi32((int32_t)g->D - 2), k.hlim = _mm_set1_epi32((int32_t)g->H - 2);
+    k.wlim = _mm_set1_epi32((int32_t)g->W - 2);
+    k.dmax = _mm_set1_epi32((int32_t)g->D - 1), k.hmax = _mm_set1_epi32((int32_t)g->H - 1);
+    k.wmax = _mm_set1_epi32((int32_t)g->W - 1);
+    k.dn = _mm256_set1_pd((double)g->D), k.hn = _mm256_set1_pd((double)g->H);
+    k.wn = _mm256_set1_pd((double)g->W);
+    return k;
+}
+
+/* v + w·(double)value, the scalar code's "v += w00 * wx0 * b[..]" with w = w00·wx0 */
+#define WARP_ACC(v, w, x) _mm256_add_pd(v, _mm256_mul_pd(w, _mm256_cvtps_pd(x)))
+
+/* The corner pairs (s[o_l], s[o_l + 1]) of the four lanes: lo = the first of each pair, hi =
+ * the second, as floats in lane order. */
+#define WARP_PAIRS(s, o, lo, hi)                                                               \
+    do {                                                                                       \
+        __m128 a_ = _mm_castpd_ps(_mm_load_sd((const double *)((s) + (o)[0])));                 \
+        a_ = _mm_loadh_pi(a_, (const __m64 *)((s) + (o)[1]));                                   \
+        __m128 b_ = _mm_castpd_ps(_mm_load_sd((const double *)((s) + (o)[2])));                 \
+        b_ = _mm_loadh_pi(b_, (const __m64 *)((s) + (o)[3]));                                   \
+        lo = _mm_shuffle_ps(a_, b_, _MM_SHUFFLE(2, 0, 2, 0));                                   \
+        hi = _mm_shuffle_ps(a_, b_, _MM_SHUFFLE(3, 1, 3, 1));                                   \
+    } while (0)
+
+/* Four voxels at positions (qz, qy, qx) = (pz, py, px) + flow, lanes at p .. p+3 in memory.
+ * nifti is a constant where this is inlined. */
+__attribute__((target("avx2"), always_inline)) static inline void
+warp4_zeros(float *y, const float *src, const float *flow, int64_t C, int64_t N, int64_t p,
+            __m256d pz, __m256d py, __m256d px, const warp_vconst *k, const int nifti)
+{
+    const __m256d qz = _mm256_add_pd(pz, _mm256_cvtps_pd(_mm_loadu_ps(flow + p)));
+    const __m256d qy = _mm256_add_pd(py, _mm256_cvtps_pd(_mm_loadu_ps(flow + N + p)));
+    const __m256d qx = _mm256_add_pd(px, _mm256_cvtps_pd(_mm_loadu_ps(flow + 2 * N + p)));
+    const __m256d fz = _mm256_floor_pd(qz), fy = _mm256_floor_pd(qy), fx = _mm256_floor_pd(qx);
+    const __m128i iz = _mm256_cvttpd_epi32(fz), iy = _mm256_cvttpd_epi32(fy),
+                  ix = _mm256_cvttpd_epi32(fx);
+    const __m256d one = _mm256_set1_pd(1.0);
+    const __m256d tz = _mm256_sub_pd(qz, fz), ty = _mm256_sub_pd(qy, fy),
+                  tx = _mm256_sub_pd(qx, fx);
+    const __m256d wz0 = _mm256_sub_pd(one, tz), wy0 = _mm256_sub_pd(one, ty),
+                  wx0 = _mm256_sub_pd(one, tx);
+    const __m256d w00 = _mm256_mul_pd(wz0, wy0), w01 = _mm256_mul_pd(wz0, ty),
+                  w10 = _mm256_mul_pd(tz, wy0), w11 = _mm256_mul_pd(tz, ty);
+    const __m128i o = _mm_add_epi32(_mm_add_epi32(_mm_mullo_epi32(iz, k->sz),
+                                                  _mm_mullo_epi32(iy, k->sy)),
+                                    _mm_mullo_epi32(ix, k->sx));
+    const __m128i inner = _mm_and_si128(
+        _mm_and_si128(_mm_cmpeq_epi32(_mm_min_epu32(iz, k->dlim), iz),
+                      _mm_cmpeq_epi32(_mm_min_epu32(iy, k->hlim), iy)),
+        _mm_cmpeq_epi32(_mm_min_epu32(ix, k->wlim), ix));
+    if (_mm_movemask_ps(_mm_castsi128_ps(inner)) == 15) {
+        int32_t oi[4];
+        _mm_storeu_si128((__m128i *)oi, o);
+        /* the corner weights, in the scalar order: (z, y, x) = 000, 001, 010, ..., 111 */
+        const __m256d k0 = _mm256_mul_pd(w00, wx0), k1 = _mm256_mul_pd(w00, tx),
+                      k2 = _mm256_mul_pd(w01, wx0), k3 = _mm256_mul_pd(w01, tx),
+                      k4 = _mm256_mul_pd(w10, wx0), k5 = _mm256_mul_pd(w10, tx),
+                      k6 = _mm256_mul_pd(w11, wx0), k7 = _mm256_mul_pd(w11, tx);
+        /* the four rows of corner pairs: offsets 0, r1, r2, r1 + r2 */
+        const int32_t r1 = nifti ? k->ox : k->oy, r2 = nifti ? k->oy : k->oz;
+        for (int64_t c = 0; c < C; c++) {
+            const float *s = src + c * N;
+            /* The hardware prefetchers follow the four rows of corners while the field keeps
+             * them, but lose them where it moves them (a smooth field does so all along a row):
+             * ask for the lines 256 bytes ahead on the rows of this group. */
+            const char *pf = (const char *)(s + oi[3] + 64);
+            _mm_prefetch(pf, _MM_HINT_T0);
+            _mm_prefetch(pf + 4 * r1, _MM_HINT_T0);
+            _mm_prefetch(pf + 4 * r2, _MM_HINT_T0);
+            _mm_prefetch(pf + 4 * (r1 + r2), _MM_HINT_T0);
+            __m256d v = _mm256_setzero_pd(); /* as the scalar v = 0 */
+            __m128 a0, a1, b0, b1, c0, c1, d0, d1;
+            WARP_PAIRS(s, oi, a0, a1);
+            WARP_PAIRS(s + r1, oi, b0, b1);
+            WARP_PAIRS(s + r2, oi, c0, c1);
+            WARP_PAIRS(s + r2 + r1, oi, d0, d1);
+            if (!nifti) { /* pairs along x: corners (0,1), (2,3), (4,5), (6,7) */
+                v = WARP_ACC(v, k0, a0), v = WARP_ACC(v, k1, a1);
+                v = WARP_ACC(v, k2, b0), v = WARP_ACC(v, k3, b1);
+                v = WARP_ACC(v, k4, c0), v = WARP_ACC(v, k5, c1);
+                v = WARP_ACC(v, k6, d0), v = WARP_ACC(v, k7, d1);
+            } else { /* pairs along z: corners (0,4), (1,5), (2,6), (3,7) */
+                v = WARP_ACC(v, k0, a0), v = WARP_ACC(v, k1, b0);
+                v = WARP_ACC(v, k2, c0), v = WARP_ACC(v, k3, d0);
+                v = WARP_ACC(v, k4, a1), v = WARP_ACC(v, k5, b1);
+                v = WARP_ACC(v, k6, c1), v = WARP_ACC(v, k7, d1);
+            }
+            _mm_storeu_ps(y + c * N + p, _mm256_cvtpd_ps(v));
+        }
+        return;
+    }
+    const __m256d m1 = _mm256_set1_pd(-1.0);
+    const __m256d ok = _mm256_and_pd(
+        _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd(qz, m1, _CMP_GT_OQ),
+                                    _mm256_cmp_pd(qz, k->dn, _CMP_LT_OQ)),
+                      _mm256_and_pd(_mm256_cmp_pd(qy, m1, _CMP_GT_OQ),
+                                    _mm256_cmp_pd(qy, k->hn, _CMP_LT_OQ))),
+        _mm256_and_pd(_mm256_cmp_pd(qx, m1, _CMP_GT_OQ), _mm256_cmp_pd(qx, k->wn, _CMP_LT_OQ)));
+    const int okm = _mm256_movemask_pd(ok);
+    if (!okm) {
+        for (int64_t c = 0; c < C; c++)
+            _mm_storeu_ps(y + c * N + p, _mm_setzero_ps());
+        return;
+    }
+    /* lanes with q in (-1, n) on every axis have floors in [-1, n-1] */
+    const __m128i okv = _mm_load_si128((const __m128i *)warp_lane_masks[okm]),
+                  mone = _mm_set1_epi32(-1);
+    const __m128i z0 = _mm_and_si128(okv, _mm_cmpgt_epi32(iz, mone)),
+                  z1 = _mm_and_si128(okv, _mm_cmpgt_epi32(k->dmax, iz)),
+                  y0 = _mm_cmpgt_epi32(iy, mone), y1 = _mm_cmpgt_epi32(k->hmax, iy),
+                  x0 = _mm_cmpgt_epi32(ix, mone), x1 = _mm_cmpgt_epi32(k->wmax, ix);
+    const __m128i m0 = _mm_and_si128(_mm_and_si128(z0, y0), x0),
+                  m1_ = _mm_and_si128(_mm_and_si128(z0, y0), x1),
+                  m2 = _mm_and_si128(_mm_and_si128(z0, y1), x0),
+                  m3 = _mm_and_si128(_mm_and_si128(z0, y1), x1),
+                  m4 = _mm_and_si128(_mm_and_si128(z1, y0), x0),
+                  m5 = _mm_and_si128(_mm_and_si128(z1, y0), x1),
+                  m6 = _mm_and_si128(_mm_and_si128(z1, y1), x0),
+                  m7 = _mm_and_si128(_mm_and_si128(z1, y1), x1);
+    const __m128i o1 = _mm_add_epi32(o, k->sx), o2 = _mm_add_epi32(o, k->sy),
+                  o3 = _mm_add_epi32(o2, k->sx), o4 = _mm_add_epi32(o, k->sz),
+                  o5 = _mm_add_epi32(o4, k->sx), o6 = _mm_add_epi32(o4, k->sy),
+                  o7 = _mm_add_epi32(o6, k->sx);
+    const __m256d k0 = _mm256_mul_pd(w00, wx0), k1 = _mm256_mul_pd(w00, tx),
+                  k2 = _mm256_mul_pd(w01, wx0), k3 = _mm256_mul_pd(w01, tx),
+                  k4 = _mm256_mul_pd(w10, wx0), k5 = _mm256_mul_pd(w10, tx),
+                  k6 = _mm256_mul_pd(w11, wx0), k7 = _mm256_mul_pd(w11, tx);
+    const __m128 zf = _mm_setzero_ps();
+#define WARP_MG(off, m) _mm_mask_i32gather_ps(zf, s, off, _mm_castsi128_ps(m), 4)
+    for (int64_t c = 0; c < C; c++) {
+        const float *s = src + c * N;
+        __m256d v = _mm256_setzero_pd();
+        v = WARP_ACC(v, k0, WARP_MG(o, m0)), v = WARP_ACC(v, k1, WARP_MG(o1, m1_));
+        v = WARP_ACC(v, k2, WARP_MG(o2, m2)), v = WARP_ACC(v, k3, WARP_MG(o3, m3));
+        v = WARP_ACC(v, k4, WARP_MG(o4, m4)), v = WARP_ACC(v, k5, WARP_MG(o5, m5));
+        v = WARP_ACC(v, k6, WARP_MG(o6, m6)), v = WARP_ACC(v, k7, WARP_MG(o7, m7));
+        v = _mm256_and_pd(v, ok); /* NaN weights of lanes outside */
+        _mm_storeu_ps(y + c * N + p, _mm256_cvtpd_ps(v));
+    }
+#undef WARP_MG
+}
+
+/* the rows of warp_zeros_avx2, nifti and C constants where they are literals */
+#define WARP_ZEROS_ROWS(nifti, C)                                                              \
+    WARP_ROWS({                                                                                \
+        const __m256d a = _mm256_set1_pd((double)r1), b = _mm256_set1_pd((double)r2);          \
+        const int64_t row = r1 * ((nifti) ? g->sx : g->sz) + r2 * g->sy;                       \
+        __m256d lanes = iota;                                                                  \
+        int64_t l = 0;                                                                         \
+        for (; l + 4 <= L; l += 4, lanes = _mm256_add_pd(lanes, four))                         \
+            warp4_zeros(y, src, flow, C, N, row + l, (nifti) ? lanes : a, b,                   \
+                        (nifti) ? a : lanes, &k, nifti);                                       \
+        for (; l < L; l++)                                                                     \
+            warp_voxel_zeros(y, src, flow, C, g, (nifti) ? l : r1, r2, (nifti) ? r1 : l);      \
+    })
 
 __attribute__((target("avx2"))) static void
-warp_fwd_zeros_avx2(float *y, const float *src, const float *flow, int64_t C, int64_t D,
-                    int64_t H, int64_t W)
+warp_zeros_avx2(float *y, const float *src, const float *flow, int64_t C, const warp_grid *g)
 {
-    const int64_t N = D * H * W;
-    const int32_t Di = (int32_t)D, Hi = (int32_t)H, Wi = (int32_t)W, HWi = Hi * Wi;
-#pragma omp parallel for collapse(2) schedule(static) if (N >= 4096)
-    for (int64_t z = 0; z < D; z++)
-        for (int64_t yy = 0; yy < H; yy++) {
-            const int64_t row = (z * H + yy) * W;
-            const float *fz = flow + row, *fy = flow + N + row, *fx = flow + 2 * N + row;
-            int64_t xx = 0;
-            for (; xx + 8 <= W; xx += 8) {
-                warp_vf lz, ly, lx;
-                memcpy(&lz, fz + xx, sizeof lz);
-                memcpy(&ly, fy + xx, sizeof ly);
-                memcpy(&lx, fx + xx, sizeof lx);
-                const warp_vf zero = {0, 0, 0, 0, 0, 0, 0, 0};
-                const warp_vf pz = zero + (float)z, py = zero + (float)yy,
-                              px = (float)xx + (warp_vf){0, 1, 2, 3, 4, 5, 6, 7};
-                const warp_vi sz = (lz >= -(float)(D + 2)) & (lz <= (float)(D + 2)),
-                              sy = (ly >= -(float)(H + 2)) & (ly <= (float)(H + 2)),
-                              sx = (lx >= -(float)(W + 2)) & (lx <= (float)(W + 2));
-                lz = WARP_SEL(sz, lz, -2.0f - pz);
-                ly = WARP_SEL(sy, ly, -2.0f - py);
-                lx = WARP_SEL(sx, lx, -2.0f - px);
-                const warp_vd qz = (double)z + __builtin_convertvector(lz, warp_vd),
-                              qy = (double)yy + __builtin_convertvector(ly, warp_vd),
-                              qx = (double)xx + (warp_vd){0, 1, 2, 3, 4, 5, 6, 7} +
-                                   __builtin_convertvector(lx, warp_vd);
-                const warp_vi tz = __builtin_convertvector(qz, warp_vi),
-                              ty = __builtin_convertvector(qy, warp_vi),
-                              tx = __builtin_convertvector(qx, warp_vi);
-                const warp_vi z0 = tz + (lz < -pz), y0 = ty + (ly < -py), x0 = tx + (lx < -px);
-                const warp_vd dz = qz - __builtin_convertvector(z0, warp_vd),
-                              dy = qy - __builtin_convertvector(y0, warp_vd),
-                              dx = qx - __builtin_convertvector(x0, warp_vd);
-                const warp_vd wz0 = 1.0 - dz, wy0 = 1.0 - dy, wx0 = 1.0 - dx;
-                const warp_vd w00 = wz0 * wy0, w01 = wz0 * dy, w10 = dz * wy0, w11 = dz * dy;
-                const warp_vi o = z0 * HWi + y0 * Wi + x0;
-                const warp_vi inner = (z0 >= 0) & (z0 <= Di - 2) & (y0 >= 0) & (y0 <= Hi - 2) &
-                                      (x0 >= 0) & (x0 <= Wi - 2);
-                uint64_t g[4];
-                memcpy(g, &inner, sizeof g);
-                if ((g[0] & g[1] & g[2] & g[3]) == UINT64_MAX) { /* all corners inside */
-/* channel c of the eight voxels, all corners inside */
-#define CORNER(d)                                                                              \
-    __builtin_convertvector(((warp_vf){b0[d], b1[d], b2[d], b3[d], b4[d], b5[d], b6[d], b7[d]}), \
-                            warp_vd)
-#define WARP_INNER(c)                                                                          \
-    do {                                                                                       \
-        const float *s = src + (c) * N;                                                        \
-        const float *b0 = s + o[0], *b1 = s + o[1], *b2 = s + o[2], *b3 = s + o[3],             \
-                    *b4 = s + o[4], *b5 = s + o[5], *b6 = s + o[6], *b7 = s + o[7];             \
-        warp_vd v = {0, 0, 0, 0, 0, 0, 0, 0}; /* as the scalar v = 0 */                         \
-        v += w00 * wx0 * CORNER(0);                                                            \
-        v += w00 * dx * CORNER(1);                                                             \
-        v += w01 * wx0 * CORNER(Wi);                                                           \
-        v += w01 * dx * CORNER(Wi + 1);                                                        \
-        v += w10 * wx0 * CORNER(HWi);                                                          \
-        v += w10 * dx * CORNER(HWi + 1);                                                       \
-        v += w11 * wx0 * CORNER(HWi + Wi);                                                     \
-        v += w11 * dx * CORNER(HWi + Wi + 1);                                                  \
-        const warp_vf r = __builtin_convertvector(v, warp_vf);                                 \
-        memcpy(y + (c) * N + row + xx, &r, sizeof r);                                          \
-    } while (0)
-                    if (C == 1) /* a channel loop here costs registers the one channel needs */
-                        WARP_INNER(0);
-                    else
-                        for (int64_t c = 0; c < C; c++)
-                            WARP_INNER(c);
-#undef WARP_INNER
-#undef CORNER
-                    continue;
-                }
-                const warp_vi in = (tz >= 0) & (tz <= Di - 1) & (ty >= 0) & (ty <= Hi - 1) &
-                                   (tx >= 0) & (tx <= Wi - 1);
-                const warp_vi vz0 = in & (z0 >= 0), vz1 = in & (z0 <= Di - 2), vy0 = y0 >= 0,
-                              vy1 = y0 <= Hi - 2, vx0 = x0 >= 0, vx1 = x0 <= Wi - 2;
-                const warp_vi m0 = vz0 & vy0 & vx0, m1 = vz0 & vy0 & vx1, m2 = vz0 & vy1 & vx0,
-                              m3 = vz0 & vy1 & vx1, m4 = vz1 & vy0 & vx0, m5 = vz1 & vy0 & vx1,
-                              m6 = vz1 & vy1 & vx0, m7 = vz1 & vy1 & vx1;
-                const warp_vi o0 = o & m0, o1 = (o + 1) & m1, o2 = (o + Wi) & m2,
-                              o3 = (o + Wi + 1) & m3, o4 = (o + HWi) & m4,
-                              o5 = (o + HWi + 1) & m5, o6 = (o + HWi + Wi) & m6,
-                              o7 = (o + HWi + Wi + 1) & m7;
-#define WARP_MASKED(c)                                                                         \
-    do {                                                                                       \
-        const float *s = src + (c) * N;                                                        \
-        warp_vd v = {0, 0, 0, 0, 0, 0, 0, 0};                                                  \
-        v += w00 * wx0 * WARP_GATHER(s, o0, m0);                                               \
-        v += w00 * dx * WARP_GATHER(s, o1, m1);                                                \
-        v += w01 * wx0 * WARP_GATHER(s, o2, m2);                                               \
-        v += w01 * dx * WARP_GATHER(s, o3, m3);                                                \
-        v += w10 * wx0 * WARP_GATHER(s, o4, m4);                                               \
-        v += w10 * dx * WARP_GATHER(s, o5, m5);                                                \
-        v += w11 * wx0 * WARP_GATHER(s, o6, m6);                                               \
-        v += w11 * dx * WARP_GATHER(s, o7, m7);                                                \
-        const warp_vf r = __builtin_convertvector(v, warp_vf);                                 \
-        memcpy(y + (c) * N + row + xx, &r, sizeof r);                                          \
-    } while (0)
-                if (C == 1)
-                    WARP_MASKED(0);
-                else
-                    for (int64_t c = 0; c < C; c++)
-                        WARP_MASKED(c);
-#undef WARP_MASKED
-            }
-            for (; xx < W; xx++)
-                warp_voxel_zeros(y, src, flow, C, D, H, W, z, yy, xx);
+    const warp_vconst k = warp_vconst_of(g);
+    const __m256d iota = _mm256_set_pd(3, 2, 1, 0), four = _mm256_set1_pd(4.0);
+    const int64_t N = g->N, L = g->nifti ? g->D : g->W;
+    if (!g->nifti && C == 1) /* one channel, the common case, without a channel loop */
+        WARP_ZEROS_ROWS(0, 1);
+    else if (!g->nifti)
+        WARP_ZEROS_ROWS(0, C);
+    else if (C == 1)
+        WARP_ZEROS_ROWS(1, 1);
+    else
+        WARP_ZEROS_ROWS(1, C);
+}
+#undef WARP_ZEROS_ROWS
+
+/* Nearest, four voxels: r = round(q) in the current rounding mode (nearbyint's), inside when
+ * 0 <= r < n on every axis; a masked gather copies the 32 bits (F32 or I32). */
+__attribute__((target("avx2"), always_inline)) static inline void
+warp4_nearest(uint32_t *y, const uint32_t *src, const float *flow, int64_t C, int64_t N,
+              int64_t p, __m256d pz, __m256d py, __m256d px, const warp_vconst *k)
+{
+    const int rm = _MM_FROUND_CUR_DIRECTION;
+    const __m256d rz =
+        _mm256_round_pd(_mm256_add_pd(pz, _mm256_cvtps_pd(_mm_loadu_ps(flow + p))), rm);
+    const __m256d ry =
+        _mm256_round_pd(_mm256_add_pd(py, _mm256_cvtps_pd(_mm_loadu_ps(flow + N + p))), rm);
+    const __m256d rx =
+        _mm256_round_pd(_mm256_add_pd(px, _mm256_cvtps_pd(_mm_loadu_ps(flow + 2 * N + p))), rm);
+    const __m256d zero = _mm256_setzero_pd();
+    const __m256d in = _mm256_and_pd(
+        _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd(rz, zero, _CMP_GE_OQ),
+                                    _mm256_cmp_pd(rz, k->dn, _CMP_LT_OQ)),
+                      _mm256_and_pd(_mm256_cmp_pd(ry, zero, _CMP_GE_OQ),
+                                    _mm256_cmp_pd(ry, k->hn, _CMP_LT_OQ))),
+        _mm256_and_pd(_mm256_cmp_pd(rx, zero, _CMP_GE_OQ), _mm256_cmp_pd(rx, k->wn, _CMP_LT_OQ)));
+    const int inm = _mm256_movemask_pd(in);
+    if (!inm) {
+        for (int64_t c = 0; c < C; c++)
+            _mm_storeu_si128((__m128i *)(y + c * N + p), _mm_setzero_si128());
+        return;
+    }
+    const __m128i o = _mm_add_epi32(
+        _mm_add_epi32(_mm_mullo_epi32(_mm256_cvttpd_epi32(rz), k->sz),
+                      _mm_mullo_epi32(_mm256_cvttpd_epi32(ry), k->sy)),
+        _mm_mullo_epi32(_mm256_cvttpd_epi32(rx), k->sx));
+    /* four scalar loads (lanes outside read element 0, then masked) beat a masked gather;
+     * the line 256 bytes ahead is asked for, as in warp4_zeros */
+    const __m128i m = _mm_load_si128((const __m128i *)warp_lane_masks[inm]);
+    int32_t oi[4];
+    _mm_storeu_si128((__m128i *)oi, _mm_and_si128(o, m));
+    for (int64_t c = 0; c < C; c++) {
+        const int32_t *s = (const int32_t *)(src + c * N);
+        _mm_prefetch((const char *)(s + oi[3] + 64), _MM_HINT_T0);
+        _mm_storeu_si128((__m128i *)(y + c * N + p),
+                         _mm_and_si128(_mm_setr_epi32(s[oi[0]], s[oi[1]], s[oi[2]], s[oi[3]]), m));
+    }
+}
+
+__attribute__((target("avx2"))) static void
+warp_nearest_avx2(uint32_t *y, const uint32_t *src, const float *flow, int64_t C,
+                  const warp_grid *g)
+{
+    const warp_vconst k = warp_vconst_of(g);
+    const __m256d iota = _mm256_set_pd(3, 2, 1, 0);
+    const int64_t N = g->N, L = g->nifti ? g->D : g->W;
+    WARP_ROWS({
+        const __m256d a = _mm256_set1_pd((double)r1), b = _mm256_set1_pd((double)r2);
+        const int64_t row = r1 * (g->nifti ? g->sx : g->sz) + r2 * g->sy;
+        int64_t l = 0;
+        for (; l + 4 <= L; l += 4) {
+            const __m256d lanes = _mm256_add_pd(_mm256_set1_pd((double)l), iota);
+            if (g->nifti)
+                warp4_nearest(y, src, flow, C, N, row + l, lanes, b, a, &k);
+            else
+                warp4_nearest(y, src, flow, C, N, row + l, a, b, lanes, &k);
         }
+        for (; l < L; l++) {
+            if (g->nifti)
+                warp_voxel_nearest(y, src, flow, C, g, l, r2, r1);
+            else
+                warp_voxel_nearest(y, src, flow, C, g, r1, r2, l);
+        }
+    });
 }
 #define WARP_HAVE_AVX2 1
 #endif
 
-static void warp_fwd_zeros(float *y, const float *src, const float *flow, int64_t C, int64_t D,
-                           int64_t H, int64_t W)
+/* The vector paths, where the CPU has AVX2 and the offsets fit (LM_WARP_SCALAR=1 in the
+ * environment forces the scalar code, for tests that compare the two). */
+static int warp_use_avx2(const warp_grid *g)
 {
 #ifdef WARP_HAVE_AVX2
-    const int64_t lim = (int64_t)1 << 24;
-    if (D * H * W < INT32_MAX && D < lim && H < lim && W < lim &&
-        __builtin_cpu_supports("avx2")) {
-        warp_fwd_zeros_avx2(y, src, flow, C, D, H, W);
-        return;
+    if (g->N + g->sz + g->sy + g->sx < INT32_MAX && __builtin_cpu_supports("avx2")) {
+        const char *e = getenv("LM_WARP_SCALAR");
+        return !(e && *e == '1');
     }
+#else
+    (void)g;
 #endif
-#pragma omp parallel for collapse(2) schedule(static) if (D * H * W >= 4096)
-    for (int64_t z = 0; z < D; z++)
-        for (int64_t yy = 0; yy < H; yy++)
-            for (int64_t xx = 0; xx < W; xx++)
-                warp_voxel_zeros(y, src, flow, C, D, H, W, z, yy, xx);
+    return 0;
 }
 
 int lm_cpu_warp_fwd(lm_backend *be, float *y, const float *src, const float *flow,
@@ -276,11 +494,19 @@ int lm_cpu_warp_fwd(lm_backend *be, float *y, const float *src, const float *flo
     (void)be;
     if (warp_check(a->C, a->D, a->H, a->W, "warp") < 0)
         return -1;
-    LM_CPU_CHECK(a->padding == LM_PAD_ZEROS || a->padding == LM_PAD_BORDER,
+    LM_CPU_CHECK(a->padding == LM_PAD_ZEROS || a->padding == LM_PAD_BORDER ||
+                     a->padding == (LM_PAD_ZEROS | LM_WARP_NIFTI_ORDER),
                  "warp: unknown padding %d", a->padding);
     const int64_t D = a->D, H = a->H, W = a->W, N = D * H * W;
-    if (a->padding == LM_PAD_ZEROS) {
-        warp_fwd_zeros(y, src, flow, a->C, D, H, W);
+    if (a->padding != LM_PAD_BORDER) {
+        const warp_grid g = grid_of(a);
+#ifdef WARP_HAVE_AVX2
+        if (warp_use_avx2(&g)) {
+            warp_zeros_avx2(y, src, flow, a->C, &g);
+            return 0;
+        }
+#endif
+        warp_zeros_scalar(y, src, flow, a->C, &g);
         return 0;
     }
     VOXEL_LOOP_BEGIN
@@ -379,36 +605,24 @@ int lm_cpu_warp_bwd(lm_backend *be, float *dsrc, float *dflow, const float *dy, 
     return 0;
 }
 
-static int64_t near_axis(double q, int64_t n)
-{
-    if (!(q > -1.0 && q < (double)n)) /* also NaN */
-        return -1;
-    double r = lm_k_round_even(q);
-    return r >= 0 && r < (double)n ? (int64_t)r : -1;
-}
-
 int lm_cpu_warp_nearest(lm_backend *be, void *y, const void *src, const float *flow, lm_dtype dt,
                         const lm_warp_args *a)
 {
     (void)be;
     if (warp_check(a->C, a->D, a->H, a->W, "warp_nearest") < 0)
         return -1;
-    LM_CPU_CHECK(a->padding == LM_PAD_ZEROS, "warp_nearest: only zeros padding");
+    LM_CPU_CHECK((a->padding & ~LM_WARP_NIFTI_ORDER) == LM_PAD_ZEROS,
+                 "warp_nearest: only zeros padding");
     LM_CPU_CHECK(dt == LM_F32 || dt == LM_I32, "warp_nearest: dtype must be F32 or I32 (got %s)",
                  lm_cpu_dtype_name(dt));
-    const int64_t D = a->D, H = a->H, W = a->W, N = D * H * W;
-    VOXEL_LOOP_BEGIN
-        int64_t iz = near_axis(z + (double)flow[p], D), iy = near_axis(yy + (double)flow[N + p], H),
-                ix = near_axis(xx + (double)flow[2 * N + p], W);
-        int inside = iz >= 0 && iy >= 0 && ix >= 0;
-        int64_t o = inside ? (iz * H + iy) * W + ix : 0;
-        for (int64_t c = 0; c < a->C; c++) {
-            if (dt == LM_F32)
-                ((float *)y)[c * N + p] = inside ? ((const float *)src)[c * N + o] : 0.0f;
-            else
-                ((int32_t *)y)[c * N + p] = inside ? ((const int32_t *)src)[c * N + o] : 0;
-        }
-    VOXEL_LOOP_END
+    const warp_grid g = grid_of(a);
+#ifdef WARP_HAVE_AVX2
+    if (warp_use_avx2(&g)) {
+        warp_nearest_avx2(y, src, flow, a->C, &g);
+        return 0;
+    }
+#endif
+    warp_nearest_scalar(y, src, flow, a->C, &g);
     return 0;
 }
 

@@ -42,18 +42,37 @@ enum { LM_NII_F32 = 0, LM_NII_LABELS = 1 };
 
 /* Reads path into *t ([D,H,W] or [C,D,H,W]; F32, or I32 with LM_NII_LABELS) and *g. */
 int lm_nifti_read(const char *path, int mode, lm_tensor *t, lm_nifti_geom *g);
+
+/* lm_nifti_read without the transpose. m->t has the shape, dtype and values lm_nifti_read gives,
+ * but its data stay in the file's order: element i + D·(j + H·(k + W·c)) is voxel (i, j, k) of
+ * component c -- [C,W,H,D] row-major, D fastest, the kernels' LM_WARP_NIFTI_ORDER. An
+ * uncompressed file in the native byte order whose stored type is already the one asked for
+ * (FLOAT32 for LM_NII_F32, INT32 for LM_NII_LABELS) and that has no scaling is not copied:
+ * m->t.data points into a private read-only mapping of the file (do not write to it). Others
+ * are converted into memory m->t owns. Release with lm_nifti_unmap (also after a failure). */
+typedef struct {
+    lm_tensor t;
+    void *map; /* the mapping m->t.data points into, or NULL */
+    size_t maplen;
+} lm_nifti_mapped;
+int lm_nifti_map(const char *path, int mode, lm_nifti_mapped *m, lm_nifti_geom *g);
+void lm_nifti_unmap(lm_nifti_mapped *m);
 /* Header only (no data), e.g. to check grids. */
 int lm_nifti_read_geom(const char *path, lm_nifti_geom *g);
 int lm_nifti_is_name(const char *path); /* ends in .nii or .nii.gz */
 const char *lm_nifti_datatype_name(int datatype); /* "INT16", "FLOAT32", ... */
 
 enum {
-    LM_NII_VECTOR = 1, /* [3,D,H,W] written as 5-D (i,j,k,1,3) with intent DISPVECT */
+    LM_NII_VECTOR = 1,     /* [3,D,H,W] written as 5-D (i,j,k,1,3) with intent DISPVECT */
+    LM_NII_FILE_ORDER = 2, /* t->data are already in the file's order (as lm_nifti_map gives
+                              them; the shape stays [D,H,W] or [C,D,H,W]): no transpose */
 };
 /* Writes t ([D,H,W] or [C,D,H,W]; F32, F64, U8, I8, I16, U16, I32 or U32) to path (.nii or
  * .nii.gz decides compression) with ref's geometry (qform, sform, codes, pixdim, units, descrip)
- * and no scaling. Atomic: a temporary name, verified by reading it back, then renamed. ref
- * may be NULL (identity affine, 1 mm). */
+ * and no scaling. Atomic: a temporary name, then renamed. Verified before the rename: every
+ * write must succeed, and the file is read back -- a .nii.gz whole (decompressed), a .nii its
+ * header, which must describe t, and its size, which must be exactly header + data. ref may be
+ * NULL (identity affine, 1 mm). */
 int lm_nifti_write(const char *path, const lm_tensor *t, const lm_nifti_geom *ref, int flags);
 
 /* A geometry for a new grid: affine (row-major voxel->world), units mm, sform and qform

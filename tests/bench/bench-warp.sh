@@ -3,8 +3,10 @@
 # 192x160x192 image, 5-label map and smooth field in the same run: trilinear image + nearest
 # labels. Both are timed as the whole job (read the NIfTI inputs, warp, write the NIfTI
 # outputs; lm-warp also verifies what it wrote); SciPy's interpolation alone is shown too.
-# Prints the times, the ratio and the agreement (max |difference| of the image, differing labels).
-# Needs python3 with numpy, scipy, nibabel; skips (exit 0) without them. RUNS (default 3).
+# Prints the times, the ratio and the agreement (max |difference| of the image, differing labels),
+# and the load average before and after (other work on the machine slows both, lm-warp's two
+# threads more than SciPy's one). Needs python3 with numpy, scipy, nibabel; skips (exit 0)
+# without them. RUNS (default 3).
 set -u
 build=${1:-build}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,6 +18,7 @@ fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/lmbench.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 python3 "$here/warp_scipy.py" make "$tmp" || exit 1
+load0=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)
 best_c=1e9 best_p=1e9 best_i=1e9
 for ((i = 0; i < runs; i++)); do
     t0=$(date +%s.%N)
@@ -32,4 +35,5 @@ printf '  lm-warp (whole job, NIfTI in and out)     %8.3f s\n' "$best_c"
 printf '  SciPy + nibabel (whole job)               %8.3f s   (interpolation alone %.3f s)\n' "$best_p" "$best_i"
 awk -v p="$best_p" -v c="$best_c" -v i="$best_i" 'BEGIN{printf "  ratio: lm-warp is %.1fx faster (target >= 10x); %.1fx against the interpolation alone\n", p/c, i/c}'
 echo "  agreement: max |image difference| $err, differing labels $bad"
+echo "  load average before: $load0; after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
 awk -v e="$err" -v b="$bad" 'BEGIN{exit !(e <= 1e-5 && b == 0)}'

@@ -3,7 +3,8 @@
  *   GEMM: LLaMA-3 layer shapes, M = 180 and 1716 tokens, K = 4096, N in {1024, 4096, 14336};
  *   conv3d forward: the abdomen encoder and decoder convolutions (input 96×80×96);
  *   warp: single-channel trilinear warp, voxels/s, with a white-noise flow (random access, the
- *   worst case) and a smooth one (what registration produces).
+ *   worst case) and a smooth one (what registration produces); then at 192x160x192 the same in
+ *   NIfTI's array order and the nearest warp of a label map.
  * Every figure is the median of several repetitions, and the peak is measured again (median)
  * just before each section, so a machine shared with other work skews both alike. Ratios are
  * against the peak of their own section. --cpu-time times with the process's CPU time divided
@@ -107,6 +108,11 @@ static void op_conv(const op_ctx *c)
 static void op_warp(const op_ctx *c)
 {
     check(c->be->warp_fwd(c->be, c->y, c->x, c->flow, &c->wa), "warp");
+}
+
+static void op_nearest(const op_ctx *c)
+{
+    check(c->be->warp_nearest(c->be, c->y, c->x, c->flow, LM_I32, &c->wa), "warp_nearest");
 }
 
 static const float *peak_a, *peak_b;
@@ -254,26 +260,47 @@ static void bench_warp(lm_backend *be)
 {
     printf("\n%-34s %10s %8s\n", "warp (1 channel, trilinear, zeros)", "Gvox/s", "ms");
     static const int grids[2][3] = {{96, 80, 96}, {192, 160, 192}};
-    for (int smooth = 0; smooth < 2; smooth++)
-        for (int gi = 0; gi < 2; gi++) {
-            const int D = grids[gi][0], H = grids[gi][1], W = grids[gi][2];
-            const int64_t N = (int64_t)D * H * W;
-            float *src = rnd(N, 10), *flow = rnd(3 * N, 11), *out = malloc((size_t)N * 4);
-            if (smooth)
-                smooth_flow(flow, D, H, W);
-            else
-                for (int64_t i = 0; i < 3 * N; i++)
-                    flow[i] *= 6.0f;
-            op_ctx c = {.be = be, .y = out, .x = src, .flow = flow,
-                        .wa = {1, D, H, W, LM_PAD_ZEROS}};
-            double dt = time_op(op_warp, &c, quick ? 1 : 2 * reps_opt + 1);
-            char name[64];
-            snprintf(name, sizeof name, "%dx%dx%d %s", D, H, W,
-                     smooth ? "smooth flow" : "noise flow x6");
-            printf("%-34s %10.3f %8.1f\n", name, N / dt / 1e9, dt * 1e3);
-            fflush(stdout);
-            free(src), free(flow), free(out);
-        }
+    /* the trilinear rows, then at 192x160x192 the NIfTI array order (what lm-warp runs on
+     * NIfTI files) and the nearest warp of an I32 label map */
+    static const struct {
+        const char *name;
+        int smooth, grid, nearest, nifti;
+    } rows[] = {
+        {"96x80x96 noise flow x6", 0, 0, 0, 0},
+        {"192x160x192 noise flow x6", 0, 1, 0, 0},
+        {"96x80x96 smooth flow", 1, 0, 0, 0},
+        {"192x160x192 smooth flow", 1, 1, 0, 0},
+        {"192x160x192 noise, NIfTI order", 0, 1, 0, 1},
+        {"192x160x192 smooth, NIfTI order", 1, 1, 0, 1},
+        {"nearest 192x160x192 noise", 0, 1, 1, 0},
+        {"nearest 192x160x192 smooth", 1, 1, 1, 0},
+        {"nearest 192x160x192 smooth, NIfTI", 1, 1, 1, 1},
+    };
+    for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
+        const int D = grids[rows[r].grid][0], H = grids[rows[r].grid][1],
+                  W = grids[rows[r].grid][2];
+        const int64_t N = (int64_t)D * H * W;
+        float *src = rnd(N, 10), *flow = rnd(3 * N, 11), *out = malloc((size_t)N * 4);
+        if (rows[r].smooth)
+            smooth_flow(flow, D, H, W);
+        else
+            for (int64_t i = 0; i < 3 * N; i++)
+                flow[i] *= 6.0f;
+        if (rows[r].nearest) /* labels 0..4 */
+            for (int64_t i = 0; i < N; i++) {
+                int32_t v = (int32_t)((src[i] + 0.5f) * 5.0f) % 5;
+                memcpy(&src[i], &v, sizeof v);
+            }
+        /* the volumes are synthetic, so the NIfTI order only changes which axis is fastest */
+        const int pad = LM_PAD_ZEROS | (rows[r].nifti ? LM_WARP_NIFTI_ORDER : 0);
+        op_ctx c = {.be = be, .y = out, .x = src, .flow = flow, .wa = {1, D, H, W, pad}};
+        double dt =
+            time_op(rows[r].nearest ? op_nearest : op_warp, &c, quick ? 1 : 2 * reps_opt + 1);
+        const char *name = rows[r].name;
+        printf("%-34s %10.3f %8.1f\n", name, N / dt / 1e9, dt * 1e3);
+        fflush(stdout);
+        free(src), free(flow), free(out);
+    }
 }
 
 static void usage(void)

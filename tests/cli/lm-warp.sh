@@ -39,4 +39,41 @@ check "--labels-linear keeps the label set" grep -q 'max 3 ' "$T/out"
 expect_fail "field grid differs from the image" 1 "differs from the field" \
     lm-warp --flow $D/warp_a_flow.nii.gz -o "$T/x.nii.gz" $D/nifti2_small.nii.gz
 check "still no output" [ ! -e "$T/x.nii.gz" ]
+
+# NIfTI field and NIfTI outputs: the job runs in the files' array order, with uncompressed
+# inputs mapped; its files must be those of the record path (the same job through a stream)
+# byte for byte, compressed or not, nearest or one-hot labels, voxel or ITK (DISPVECT) field.
+mkdir "$T/raw"
+for f in flow seg moving; do gzip -dc "$D/warp_a_$f.nii.gz" >"$T/raw/$f.nii"; done
+lm-warp -q --flow "$T/raw/flow.nii" -o "$T/raw/itk.nii" --export-field "$T/raw/itk_field.nii" \
+    "$T/raw/moving.nii"
+for in in "$D/warp_a_%s.nii.gz" "$T/raw/%s.nii"; do
+    for opt in "" -L; do
+        for fld in flow itk_field; do
+            # shellcheck disable=SC2059
+            F=$(printf "$in" "$fld") M=$(printf "$in" moving) S=$(printf "$in" seg)
+            [ -e "$F" ] || F=$T/raw/$fld.nii
+            for ext in nii nii.gz; do
+                rm -f "$T"/fo* "$T"/rp* "$T/rp.lmt"
+                lm-warp -q $opt --flow "$F" --seg "$S" -o "$T/fo.$ext" --export-field "$T/fof.$ext" "$M"
+                lm-warp -q $opt --flow "$F" --seg "$S" -o "$T/rp.lmt" "$M"
+                lm-warp -q $opt "$T/rp.lmt" -o "$T/rp.$ext" --export-field "$T/rpf.$ext"
+                check "file order = record path: ${in##*.} inputs, field $fld, ${opt:+one-hot }labels, .$ext out" \
+                    eval 'cmp -s "$T/fo.$ext" "$T/rp.$ext" && cmp -s "$T/fo_seg.$ext" "$T/rp_seg.$ext" &&
+                          cmp -s "$T/fof.$ext" "$T/rpf.$ext"'
+            done
+        done
+    done
+done
+# A non-finite field component is reported alike (its [1,3,D,H,W] element), nothing written.
+cp "$T/raw/flow.nii" "$T/raw/nan.nii"
+size=$(wc -c <"$T/raw/nan.nii")
+for k in 17 9000 25000; do # voxels from the end: in components 2 (the last 20480) and 1
+    printf '\000\000\300\177' | dd of="$T/raw/nan.nii" bs=1 seek=$((size - 4 * k)) conv=notrunc 2>/dev/null
+done
+run lm-warp --flow "$T/raw/nan.nii" -o "$T/nan.lmt" "$T/raw/moving.nii"
+grep -o 'element [0-9]*' "$T/err" >"$T/want"
+expect_fail "non-finite field, file order" 1 "^lm-warp: flow has a non-finite value at element $(cut -d' ' -f2 "$T/want")\$" \
+    lm-warp --flow "$T/raw/nan.nii" --seg "$T/raw/seg.nii" -o "$T/nan.nii" "$T/raw/moving.nii"
+check "non-finite field: no output" [ ! -e "$T/nan.nii" -a ! -e "$T/nan_seg.nii" -a -s "$T/want" ]
 finish

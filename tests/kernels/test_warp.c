@@ -2,7 +2,8 @@
  * half-voxel shifts, nearest warps that invent no labels (round half to even), the flow
  * gradient against an fp64 central difference of an independent double reference (relative
  * error < 1e-6), finite differences of every backward output, border padding, composition
- * identities, and bit identity for 1 and 2 threads. */
+ * identities, bit identity for 1 and 2 threads, and the same bits from the vector and the scalar
+ * paths and from the [C,D,H,W] and NIfTI array orders. */
 #include "kt.h"
 
 #define IDX(c, z, y, x) ((((int64_t)(c) * D + (z)) * H + (y)) * W + (x))
@@ -274,6 +275,132 @@ static void t_threads(void)
     kt_free(c.psi);
 }
 
+/* [C,D,H,W] -> NIfTI order [C,W,H,D], and back */
+static void to_nifti(float *t, const float *s, int C, int D, int H, int W)
+{
+    for (int c = 0; c < C; c++)
+        for (int z = 0; z < D; z++)
+            for (int yy = 0; yy < H; yy++)
+                for (int x = 0; x < W; x++)
+                    t[(((int64_t)c * W + x) * H + yy) * D + z] = s[IDX(c, z, yy, x)];
+}
+
+static void from_nifti(float *s, const float *t, int C, int D, int H, int W)
+{
+    for (int c = 0; c < C; c++)
+        for (int z = 0; z < D; z++)
+            for (int yy = 0; yy < H; yy++)
+                for (int x = 0; x < W; x++)
+                    s[IDX(c, z, yy, x)] = t[(((int64_t)c * W + x) * H + yy) * D + z];
+}
+
+/* y = warp (nearest: dt F32 or I32, else trilinear) in the given order, on the vector path or
+ * the scalar one (LM_WARP_SCALAR=1); inputs and output in [C,D,H,W] */
+static void warp_any(float *y, const float *src, const float *flow, int C, int D, int H, int W,
+                     int nearest, lm_dtype dt, int nifti, int scalar)
+{
+    const int64_t N = (int64_t)D * H * W;
+    float *s = kt_alloc(C * N), *f = kt_alloc(3 * N), *o = kt_alloc(C * N);
+    if (nifti) {
+        to_nifti(s, src, C, D, H, W);
+        to_nifti(f, flow, 3, D, H, W);
+    } else {
+        memcpy(s, src, (size_t)(C * N) * 4);
+        memcpy(f, flow, (size_t)(3 * N) * 4);
+    }
+    if (scalar)
+        setenv("LM_WARP_SCALAR", "1", 1);
+    lm_warp_args a = {C, D, H, W, LM_PAD_ZEROS | (nifti ? LM_WARP_NIFTI_ORDER : 0)};
+    if (nearest)
+        KT_CALL(warp_nearest, o, s, f, dt, &a);
+    else
+        KT_CALL(warp_fwd, o, s, f, &a);
+    unsetenv("LM_WARP_SCALAR");
+    if (nifti)
+        from_nifti(y, o, C, D, H, W);
+    else
+        memcpy(y, o, (size_t)(C * N) * 4);
+    kt_free(s), kt_free(f), kt_free(o);
+}
+
+/* The AVX2 paths give the scalar code's bits, in both array orders, on fields with every kind
+ * of sample: all corners inside, some, none, exactly on the edges (q = -1, 0, n-1, n), halves
+ * (rounding to even), -0, tiny, huge, infinite and NaN displacements; grids whose rows are no
+ * multiple of the vector width. */
+static void t_paths_and_orders(void)
+{
+    KT_COVER(warp_fwd);
+    KT_COVER(warp_nearest);
+    static const int grids[4][3] = {{7, 5, 13}, {9, 6, 8}, {16, 12, 20}, {5, 3, 4}};
+    for (int gi = 0; gi < 4; gi++)
+        for (int C = 1; C <= 3; C += 2)
+            for (int amp = 0; amp < 2; amp++) {
+                const int D = grids[gi][0], H = grids[gi][1], W = grids[gi][2];
+                const int64_t N = (int64_t)D * H * W;
+                float *src = kt_rand(C * N, -1, 1, 20 + gi), *lab = kt_alloc(C * N);
+                float *flow = kt_rand(3 * N, amp ? -4.5 : -0.45, amp ? 4.5 : 0.45, 30 + gi);
+                lm_rng r;
+                lm_rng_init(&r, lm_test_seed(), 40 + gi);
+                for (int64_t i = 0; i < C * N; i++) {
+                    int32_t v = (int32_t)lm_rng_below(&r, 1000) - 500;
+                    memcpy(&lab[i], &v, 4); /* I32 labels in float buffers */
+                }
+                const float special[] = {NAN, INFINITY, -INFINITY, 1e30f, -1e30f, -0.0f,
+                                         1e-30f, -1e-30f, 0.5f, -0.5f, 1.5f, -1.5f};
+                for (int64_t i = 0; i < 3 * N; i++) {
+                    const int64_t p = i % N, c = i / N, n = c == 0 ? D : c == 1 ? H : W;
+                    const int64_t pos = c == 0 ? p / ((int64_t)H * W)
+                                               : c == 1 ? p / W % H : p % W;
+                    switch (lm_rng_below(&r, 24)) {
+                    case 0: flow[i] = special[lm_rng_below(&r, 12)]; break;
+                    case 1: flow[i] = (float)(-1 - pos); break;           /* q = -1 */
+                    case 2: flow[i] = (float)(-pos); break;               /* q = 0 */
+                    case 3: flow[i] = (float)(n - 1 - pos); break;        /* q = n-1 */
+                    case 4: flow[i] = (float)(n - pos); break;            /* q = n */
+                    case 5: flow[i] = (float)(n - pos) - 0.5f; break;     /* q = n - 1/2 */
+                    case 6: flow[i] = (float)(-pos) - 0.75f; break;       /* q in (-1, 0) */
+                    default: break;
+                    }
+                }
+                float *want = kt_alloc(C * N), *got = kt_alloc(C * N);
+                for (int kind = 0; kind < 3; kind++) {
+                    const int nearest = kind > 0;
+                    const lm_dtype dt = kind == 2 ? LM_I32 : LM_F32;
+                    const float *in = kind == 2 ? lab : src;
+                    warp_any(want, in, flow, C, D, H, W, nearest, dt, 0, 1);
+                    for (int v = 0; v < 3; v++) { /* vector DHW, scalar NIfTI, vector NIfTI */
+                        warp_any(got, in, flow, C, D, H, W, nearest, dt, v > 0, v == 1);
+                        int64_t bad = 0, first = -1;
+                        for (int64_t i = 0; i < C * N; i++)
+                            if (memcmp(&got[i], &want[i], 4)) {
+                                bad++;
+                                first = first < 0 ? i : first;
+                            }
+                        LM_CHECK(bad == 0,
+                                 "%s, grid %dx%dx%d C=%d amp %d, %s %s path: %lld voxels differ "
+                                 "from the scalar [C,D,H,W] path (first %lld)",
+                                 kind == 0   ? "trilinear"
+                                 : kind == 1 ? "nearest F32"
+                                             : "nearest I32",
+                                 D, H, W, C, amp, v == 1 ? "scalar" : "vector",
+                                 v ? "NIfTI-order" : "[C,D,H,W]", (long long)bad,
+                                 (long long)first);
+                    }
+                }
+                kt_free(src), kt_free(lab), kt_free(flow), kt_free(want), kt_free(got);
+            }
+    /* the NIfTI order is for the forward warps with zeros padding only */
+    const int64_t N = 2 * 3 * 4;
+    float *s = kt_alloc(N), *f = kt_alloc(3 * N), *y = kt_alloc(N), *d = kt_alloc(3 * N);
+    memset(f, 0, (size_t)(3 * N) * 4);
+    lm_backend *be = kt_be();
+    lm_warp_args ab = {1, 2, 3, 4, LM_PAD_BORDER | LM_WARP_NIFTI_ORDER};
+    lm_warp_args az = {1, 2, 3, 4, LM_PAD_ZEROS | LM_WARP_NIFTI_ORDER};
+    LM_CHECK(be->warp_fwd(be, y, s, f, &ab) < 0, "border padding in NIfTI order accepted");
+    LM_CHECK(be->warp_bwd(be, y, d, y, s, f, &az) < 0, "warp_bwd in NIfTI order accepted");
+    kt_free(s), kt_free(f), kt_free(y), kt_free(d);
+}
+
 static const lm_test_case cases[] = {
     {"warp identity and shifts (MODEL §17.2)", t_identity_and_shifts},
     {"warp_nearest labels", t_nearest},
@@ -282,6 +409,7 @@ static const lm_test_case cases[] = {
     {"compose identities (MODEL §17.3)", t_compose_identities},
     {"compose_bwd fd", t_compose_fd},
     {"warp threads 1 vs 2", t_threads},
+    {"warp vector and scalar paths, both array orders: same bits", t_paths_and_orders},
     {0},
 };
 

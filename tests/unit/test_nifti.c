@@ -1,6 +1,6 @@
 /* test_nifti.c — NIfTI-1/2 reading against nibabel (tests/data/nibabel_ref.json, made by
  * tests/reference/make_nifti_ref.py) on generated and real files, write/read round trips with
- * reference headers, and bad input. */
+ * reference headers, bad input, and lm_nifti_map / LM_NII_FILE_ORDER (the file's own order). */
 #include "io/lm_error.h"
 #include "io/lm_nifti.h"
 #include "lm_test.h"
@@ -295,6 +295,78 @@ static void t_bad_input(void)
     lm_tensor_free(&t);
 }
 
+/* lm_nifti_map: lm_nifti_read's values untransposed (file order: i fastest), a mapping of the
+ * file where it is stored as asked for, a converted copy otherwise; and LM_NII_FILE_ORDER
+ * writes such data back into the same bytes. */
+static void t_map_file_order(void)
+{
+    static const struct {
+        lm_dtype dt;
+        int nd, gz, mode, mapped;
+    } cases[] = {
+        {LM_F32, 3, 0, LM_NII_F32, 1},    {LM_F32, 4, 0, LM_NII_F32, 1},
+        {LM_F32, 3, 1, LM_NII_F32, 0},    {LM_I32, 3, 0, LM_NII_LABELS, 1},
+        {LM_I16, 3, 0, LM_NII_LABELS, 0}, {LM_U8, 4, 1, LM_NII_LABELS, 0},
+        {LM_I16, 3, 0, LM_NII_F32, 0},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        int64_t shape[4] = {3, 7, 5, 6};
+        const int nd = cases[c].nd;
+        const int64_t *sh = nd == 4 ? shape : shape + 1;
+        const int64_t C = nd == 4 ? 3 : 1, D = 7, H = 5, W = 6;
+        lm_tensor t, back;
+        lm_nifti_mapped m;
+        lm_tensor_alloc(&t, "x", cases[c].dt, nd, sh);
+        fill(&t);
+        char path[1024], again[1024];
+        const char *ext = cases[c].gz ? ".nii.gz" : ".nii";
+        snprintf(path, sizeof path, "%s/map%zu%s", lm_test_tmpdir(), c, ext);
+        snprintf(again, sizeof again, "%s/map%zu_again%s", lm_test_tmpdir(), c, ext);
+        LM_CHECK(lm_nifti_write(path, &t, NULL, 0) == 0, "write %zu: %s", c, lm_error());
+        LM_CHECK(lm_nifti_read(path, cases[c].mode, &back, NULL) == 0, "read: %s", lm_error());
+        LM_CHECK(lm_nifti_map(path, cases[c].mode, &m, NULL) == 0, "map %zu: %s", c, lm_error());
+        LM_CHECK(m.t.ndim == nd && !memcmp(m.t.shape, t.shape, sizeof t.shape) &&
+                     m.t.dtype == back.dtype,
+                 "case %zu: shape or dtype", c);
+        LM_CHECK((m.map != NULL) == cases[c].mapped, "case %zu: mapped %d", c, m.map != NULL);
+        int64_t bad = 0;
+        for (int64_t ch = 0; ch < C; ch++)
+            for (int64_t i = 0; i < D; i++)
+                for (int64_t j = 0; j < H; j++)
+                    for (int64_t k = 0; k < W; k++) {
+                        const int64_t f = i + D * (j + H * (k + W * ch));
+                        const int64_t o = ((ch * D + i) * H + j) * W + k;
+                        bad += memcmp((const char *)m.t.data + 4 * f, (const char *)back.data + 4 * o,
+                                      4) != 0;
+                    }
+        LM_CHECK(bad == 0, "case %zu: %lld voxels not in file order", c, (long long)bad);
+        if (cases[c].dt == back.dtype) { /* the same bytes back */
+            LM_CHECK(lm_nifti_write(again, &m.t, NULL, LM_NII_FILE_ORDER) == 0, "%s", lm_error());
+            size_t la, lb;
+            char *a = lm_tu_slurp(path, &la), *b = lm_tu_slurp(again, &lb);
+            LM_CHECK(a && b && la == lb && !memcmp(a, b, la), "case %zu: rewritten file differs", c);
+            free(a);
+            free(b);
+        }
+        lm_nifti_unmap(&m);
+        lm_nifti_unmap(&m); /* harmless twice */
+        lm_tensor_free(&t);
+        lm_tensor_free(&back);
+    }
+    /* a truncated .nii is refused, as by lm_nifti_read */
+    char src[1024], path[1024];
+    size_t len;
+    snprintf(src, sizeof src, "%s/tests/data/nifti1_4d.nii", lm_test_srcdir());
+    char *buf = lm_tu_slurp(src, &len);
+    snprintf(path, sizeof path, "%s/mapcut.nii", lm_test_tmpdir());
+    lm_tu_write(path, buf, len - 10);
+    lm_nifti_mapped m;
+    LM_CHECK(lm_nifti_map(path, LM_NII_F32, &m, NULL) < 0 && strstr(lm_error(), "truncated"),
+             "truncated .nii mapped: %s", lm_error());
+    lm_nifti_unmap(&m);
+    free(buf);
+}
+
 static const lm_test_case cases[] = {
     {"nibabel_generated", t_nibabel_generated},
     {"nibabel_real_files", t_nibabel_real},
@@ -303,6 +375,7 @@ static const lm_test_case cases[] = {
     {"reference_header", t_reference_header},
     {"nan_kept", t_nan_kept},
     {"bad_input", t_bad_input},
+    {"map_file_order", t_map_file_order},
     {0},
 };
 
