@@ -1,6 +1,7 @@
 /* test_gemm.c — linear layers (F32 and BF16 weights) and the batched GEMM: values against a
- * double reference, finite-difference gradients, odd sizes, reduced real shapes, and the same
- * bits with 1 and 2 threads. */
+ * double reference, finite-difference gradients, odd sizes, reduced real shapes, both forward
+ * paths (the AVX2 micro-tiles and OpenBLAS, LM_GEMM_BLAS=1), and the same bits with 1 and 2
+ * threads. */
 #include "kt.h"
 
 static double ref_y(const float *x, const float *w, const float *b, int64_t K, int64_t m,
@@ -36,6 +37,27 @@ static void t_fwd_odd(void)
     check_fwd(2, 2, 0, 1, 0); /* K = 0: y = b */
 }
 
+/* sizes that are not multiples of the AVX2 path's micro-tile (6 rows of x, 16 of W, 8 along
+ * K) nor of its block (256 along K), several tiles per call, bias and accumulation */
+static void t_fwd_edges(void)
+{
+    check_fwd(13, 37, 300, 1, 1);
+    check_fwd(6, 16, 8, 0, 0);
+    check_fwd(5, 17, 9, 0, 1);
+    check_fwd(181, 200, 520, 1, 0);
+    check_fwd(1, 600, 257, 1, 1);
+    check_fwd(7, 40, 600, 0, 0);
+}
+
+/* the same cases through OpenBLAS, which the AVX2 path otherwise takes at these sizes */
+static void t_fwd_blas_path(void)
+{
+    setenv("LM_GEMM_BLAS", "1", 1);
+    t_fwd_odd();
+    t_fwd_edges();
+    unsetenv("LM_GEMM_BLAS");
+}
+
 static void t_fwd_adapter_shape(void)
 {
     /* Adapter0a at reduced scale: L = 180 tokens, 64 -> 512 */
@@ -52,11 +74,16 @@ static void t_fwd_bf16(void)
     KT_CALL(cast, wf, LM_F32, wb, LM_BF16, N * K); /* wf := widened bf16 */
     float *y1 = kt_alloc(M * N), *y2 = kt_alloc(M * N);
     lm_gemm_args af = {M, N, K, LM_F32, 0}, ab = {M, N, K, LM_BF16, 0};
-    KT_CALL(gemm_fwd, y1, x, wf, b, &af);
-    KT_CALL(gemm_fwd, y2, x, wb, b, &ab);
-    for (int64_t i = 0; i < M * N; i++)
-        LM_CHECK_CLOSE(y2[i], ref_y(x, wf, b, K, i / N, i % N), 2e-5, 1e-5);
-    LM_CHECK(kt_max_abs_diff(y1, y2, M * N) <= 1e-5, "bf16 and widened f32 paths differ");
+    for (int blas = 0; blas < 2; blas++) {
+        if (blas)
+            setenv("LM_GEMM_BLAS", "1", 1);
+        KT_CALL(gemm_fwd, y1, x, wf, b, &af);
+        KT_CALL(gemm_fwd, y2, x, wb, b, &ab);
+        for (int64_t i = 0; i < M * N; i++)
+            LM_CHECK_CLOSE(y2[i], ref_y(x, wf, b, K, i / N, i % N), 2e-5, 1e-5);
+        LM_CHECK(kt_max_abs_diff(y1, y2, M * N) <= 1e-5, "bf16 and widened f32 paths differ");
+    }
+    unsetenv("LM_GEMM_BLAS");
     /* dW of a BF16 (frozen) weight is refused */
     lm_backend *be = kt_be();
     float *dw = kt_alloc(N * K);
@@ -226,8 +253,43 @@ static void t_threads(void)
     kt_free(c.db), kt_free(c.dy);
 }
 
+typedef struct {
+    float *y, *x, *b;
+    const void *w;
+    lm_gemm_args a;
+} fctx;
+
+static void fwd_run(void *p)
+{
+    fctx *c = p;
+    lm_backend *be = kt_be();
+    be->gemm_fwd(be, c->y, c->x, c->w, c->b, &c->a);
+}
+
+/* the forward alone, F32 and BF16 weights, on both paths: many tiles, K past one block */
+static void t_threads_fwd(void)
+{
+    KT_COVER(gemm_fwd);
+    static const int64_t shapes[3][3] = {{180, 600, 600}, {520, 1100, 64}, {7, 1000, 700}};
+    for (int s = 0; s < 3; s++)
+        for (int bf = 0; bf < 2; bf++) {
+            const int64_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+            float *wf = kt_rand(N * K, -1, 1, 2);
+            uint16_t *wb = lm_backend_alloc(kt_be(), (size_t)(N * K) * 2);
+            KT_CALL(cast, wb, LM_BF16, wf, LM_F32, N * K);
+            fctx c = {kt_alloc(M * N), kt_rand(M * K, -1, 1, 1), kt_rand(N, -1, 1, 3),
+                      bf ? (const void *)wb : (const void *)wf,
+                      {M, N, K, bf ? LM_BF16 : LM_F32, 0}};
+            kt_same_bits_1v2(bf ? "gemm_fwd y (BF16 W)" : "gemm_fwd y", fwd_run, &c, c.y,
+                             (size_t)(M * N) * 4);
+            kt_free(c.y), kt_free(c.x), kt_free(c.b), kt_free(wf), kt_free(wb);
+        }
+}
+
 static const lm_test_case cases[] = {
     {"gemm_fwd odd sizes", t_fwd_odd},
+    {"gemm_fwd edge sizes", t_fwd_edges},
+    {"gemm_fwd OpenBLAS path", t_fwd_blas_path},
     {"gemm_fwd adapter shape", t_fwd_adapter_shape},
     {"gemm_fwd bf16 weights", t_fwd_bf16},
     {"gemm_bwd finite differences", t_bwd_fd},
@@ -235,6 +297,7 @@ static const lm_test_case cases[] = {
     {"gemm_batched values", t_batched_values},
     {"gemm_batched adjoint fd", t_batched_adjoint_fd},
     {"gemm threads 1 vs 2", t_threads},
+    {"gemm_fwd threads 1 vs 2", t_threads_fwd},
     {0},
 };
 
