@@ -6,6 +6,7 @@
 #include "lm_safetensors.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,10 @@ struct lm_reader {
     unsigned char *out; /* one record, decoded */
     size_t out_cap;
 };
+
+/* A decoded-record buffer above this is released once its record is done with, so that memory
+ * stays bounded by the largest record, not by history. */
+#define KEEP_MAX (256u << 20)
 
 static int grow(unsigned char **buf, size_t *cap, size_t need)
 {
@@ -265,14 +270,19 @@ static int next_zstd(lm_reader *r, size_t *len)
     }
 }
 
-int lm_reader_next(lm_reader *r, lm_record *rec)
+/* Decodes the next record into r->out; 1, 0 (clean end) or -1 (lm_error, unprefixed). */
+static int next_record(lm_reader *r, lm_record *rec, size_t *len)
 {
-    size_t len = 0;
     int rc;
     lm_record_init(rec);
+    if (r->out_cap > KEEP_MAX) { /* the previous record's views end here */
+        free(r->out);
+        r->out = NULL;
+        r->out_cap = 0;
+    }
     do { /* skippable zstd frames (and empty frames) between records are skipped */
         if (fill(r, 4) < 0)
-            goto fail;
+            return -1;
         if (avail(r) == 0)
             return 0;
         unsigned char *p = r->in + r->in_pos;
@@ -280,34 +290,205 @@ int lm_reader_next(lm_reader *r, lm_record *rec)
                                              (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24
                                        : 0;
         r->last_zstd = magic == ZMAGIC || (magic & 0xFFFFFFF0u) == 0x184D2A50u;
-        rc = r->last_zstd ? next_zstd(r, &len) : next_raw(r, &len);
+        rc = r->last_zstd ? next_zstd(r, len) : next_raw(r, len);
     } while (rc == 3);
-    if (rc < 0)
-        goto fail;
+    return rc < 0 ? -1 : 1;
+}
+
+int lm_reader_next(lm_reader *r, lm_record *rec)
+{
+    size_t len = 0;
+    int rc = next_record(r, rec, &len);
+    if (rc <= 0)
+        return rc < 0 ? lm_error_prefix("record %ld", r->count + 1) : 0;
     if (lm_st_parse_record(rec, r->out, len) < 0)
-        goto fail;
+        return lm_error_prefix("record %ld", r->count + 1);
     r->count++;
-    /* Keep memory bounded by the largest record, not by history: drop a huge buffer. */
-    if (r->out_cap > (256u << 20)) {
+    if (r->out_cap > KEEP_MAX) {
         free(r->out);
         r->out = NULL;
         r->out_cap = 0;
     }
     return 1;
-fail:
-    return lm_error_prefix("record %ld", r->count + 1);
+}
+
+/* The record in r->out as views: lm_st_parse_record's checks, without the copies. A tensor whose
+ * data is not aligned for its dtype in the buffer (another writer's header padding) is copied,
+ * so that every tensor can be read through a pointer of its type. */
+static int parse_views(lm_record *rec, unsigned char *buf, size_t len)
+{
+    lm_st_header h;
+    uint64_t n = len >= 8 ? le64(buf) : 0;
+    if (len < 8 || n > len - 8) /* next_raw and next_zstd made sure of it: a bug if seen */
+        return lm_error_set("truncated record");
+    if (lm_st_header_parse(&h, (const char *)buf + 8, n, len - 8 - n) < 0)
+        return -1;
+    int rc = -1;
+    if (h.data_size != len - 8 - n) {
+        lm_error_set("record has %llu bytes after the declared data",
+                     (unsigned long long)(len - 8 - n - h.data_size));
+        goto done;
+    }
+    unsigned char *data = buf + 8 + n;
+    for (int i = 0; i < h.n; i++) {
+        const lm_st_entry *e = &h.e[i];
+        unsigned char *p = data + e->begin;
+        lm_tensor t;
+        int bad;
+        if ((uintptr_t)p % lm_dtype_size(e->dtype) == 0) {
+            bad = lm_tensor_wrap(&t, e->name, e->dtype, e->ndim, e->shape, p) < 0;
+        } else {
+            bad = lm_tensor_alloc(&t, e->name, e->dtype, e->ndim, e->shape) < 0;
+            if (!bad)
+                memcpy(t.data, p, t.nbytes);
+        }
+        if (bad || lm_record_put(rec, &t) < 0) {
+            lm_tensor_free(&t);
+            goto done;
+        }
+    }
+    for (int i = 0; i < h.nmeta; i++)
+        if (lm_record_meta_set(rec, h.meta[i].key, h.meta[i].value) < 0)
+            goto done;
+    rc = 0;
+done:
+    lm_st_header_free(&h);
+    if (rc < 0)
+        lm_record_free(rec);
+    return rc;
+}
+
+int lm_reader_next_view(lm_reader *r, lm_record *rec)
+{
+    size_t len = 0;
+    int rc = next_record(r, rec, &len);
+    if (rc <= 0)
+        return rc < 0 ? lm_error_prefix("record %ld", r->count + 1) : 0;
+    if (parse_views(rec, r->out, len) < 0)
+        return lm_error_prefix("record %ld", r->count + 1);
+    r->count++;
+    return 1;
 }
 
 /* ---- writer ------------------------------------------------------------------------------ */
 
+/* Default levels (man/lm-tensor.5). On the tensors of this project (F32 images, features and
+ * fields, integer label maps) level 1 compresses within a few per cent of level 3 at two to three
+ * times its speed; a pipe feeds another process on the same machine, where compressing costs
+ * more than the bytes it saves, so it gets one of zstd's fast (negative) levels. */
+#define LEVEL_FILE 1
+#define LEVEL_PIPE (-20)
+
+/* LM_ZSTD_LEVEL, when set: a zstd level from ZSTD_minCLevel() to ZSTD_maxCLevel(), not 0. */
+static int env_level(int *level)
+{
+    const char *e = getenv("LM_ZSTD_LEVEL");
+    if (!e || !*e)
+        return 0;
+    char *end;
+    errno = 0;
+    long v = strtol(e, &end, 10);
+    if (errno || *end || end == e || v < ZSTD_minCLevel() || v > ZSTD_maxCLevel() || v == 0)
+        return lm_error_set("LM_ZSTD_LEVEL: '%s' is not a zstd level (%d..%d, not 0)", e,
+                            ZSTD_minCLevel(), ZSTD_maxCLevel());
+    *level = (int)v;
+    return 0;
+}
+
+/* On a pipe, a record is compressed into memory and a thread of the writer writes it out while
+ * the caller goes on (async): the process that reads the pipe then takes each record at the
+ * speed of its own decompression, and this one is not held by the next stage's pace until its
+ * following record is ready. Two buffers: one being written, one being filled. */
 struct lm_writer {
     FILE *fp;
     char *path, *tmp, *name;
     int flags, level;
     ZSTD_CCtx *cctx;
-    unsigned char *zout;
+    unsigned char *zout; /* synchronous: one chunk of compressed output */
     size_t zcap;
+    int async;           /* the output thread runs */
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned char *abuf[2];
+    size_t acap[2];
+    int cur;                  /* the buffer put() fills */
+    const unsigned char *job; /* being written by the thread, NULL when it is idle */
+    size_t job_len;
+    int quit;
+    int err; /* errno of the thread's failed write, 0 if none */
 };
+
+static void *out_thread(void *arg)
+{
+    lm_writer *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->job && !w->quit)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->job)
+            break;
+        const unsigned char *p = w->job;
+        size_t n = w->job_len;
+        int e = w->err;
+        pthread_mutex_unlock(&w->mu);
+        errno = 0;
+        if (!e && (fwrite(p, 1, n, w->fp) != n || fflush(w->fp) != 0))
+            e = errno ? errno : EIO;
+        pthread_mutex_lock(&w->mu);
+        w->err = e;
+        w->job = NULL;
+        pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+static int write_error(int e)
+{
+    return e == EPIPE ? lm_error_set("broken pipe") : lm_error_set("write error: %s", strerror(e));
+}
+
+/* Waits until the thread has written everything handed to it; -1 if a write failed. */
+static int out_wait(lm_writer *w)
+{
+    pthread_mutex_lock(&w->mu);
+    while (w->job)
+        pthread_cond_wait(&w->cv, &w->mu);
+    int e = w->err;
+    pthread_mutex_unlock(&w->mu);
+    return e ? write_error(e) : 0;
+}
+
+static void out_stop(lm_writer *w)
+{
+    if (!w->async)
+        return;
+    pthread_mutex_lock(&w->mu);
+    w->quit = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->th, NULL);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    w->async = 0;
+}
+
+static void out_start(lm_writer *w)
+{
+    if (pthread_mutex_init(&w->mu, NULL) != 0)
+        return;
+    if (pthread_cond_init(&w->cv, NULL) != 0) {
+        pthread_mutex_destroy(&w->mu);
+        return;
+    }
+    if (pthread_create(&w->th, NULL, out_thread, w) != 0) {
+        pthread_cond_destroy(&w->cv); /* no thread: write synchronously */
+        pthread_mutex_destroy(&w->mu);
+        return;
+    }
+    w->async = 1;
+}
 
 lm_writer *lm_writer_open(const char *path, int flags)
 {
@@ -317,7 +498,6 @@ lm_writer *lm_writer_open(const char *path, int flags)
         return NULL;
     }
     w->flags = flags;
-    w->level = 3;
     int to_stdout = !path || strcmp(path, "-") == 0;
     w->name = strdup(to_stdout ? "stdout" : path);
     if (!w->name)
@@ -336,12 +516,19 @@ lm_writer *lm_writer_open(const char *path, int flags)
         if (!w->fp)
             goto fail;
     }
+    struct stat st;
+    int pipe_like = fstat(fileno(w->fp), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode);
+    w->level = pipe_like ? LEVEL_PIPE : LEVEL_FILE;
+    if (env_level(&w->level) < 0)
+        goto fail;
     if (!(flags & LM_W_RAW)) {
         w->cctx = ZSTD_createCCtx();
         w->zcap = ZSTD_CStreamOutSize();
         w->zout = malloc(w->zcap);
         if (!w->cctx || !w->zout)
             goto oom;
+        if (pipe_like)
+            out_start(w);
     }
     return w;
 oom:
@@ -356,27 +543,74 @@ void lm_writer_set_level(lm_writer *w, int level) { w->level = level; }
 
 static int wr(lm_writer *w, const void *p, size_t n)
 {
-    if (n && fwrite(p, 1, n, w->fp) != n) {
-        if (errno == EPIPE)
-            return lm_error_set("broken pipe");
-        return lm_error_set("write error: %s", strerror(errno));
-    }
+    if (n && fwrite(p, 1, n, w->fp) != n)
+        return write_error(errno);
     return 0;
 }
 
-static int zput(lm_writer *w, const void *p, size_t n, ZSTD_EndDirective end)
+/* Compresses n bytes at p into the frame: to the output (zout chunks), or, with `mem`, into
+ * mem->dst (which has room for the whole frame). */
+static int zput(lm_writer *w, ZSTD_outBuffer *mem, const void *p, size_t n, ZSTD_EndDirective end)
 {
     ZSTD_inBuffer in = {p, n, 0};
     for (;;) {
-        ZSTD_outBuffer out = {w->zout, w->zcap, 0};
-        size_t rem = ZSTD_compressStream2(w->cctx, &out, &in, end);
+        ZSTD_outBuffer chunk = {w->zout, w->zcap, 0}, *out = mem ? mem : &chunk;
+        size_t rem = ZSTD_compressStream2(w->cctx, out, &in, end);
         if (ZSTD_isError(rem))
             return lm_error_set("zstd: %s", ZSTD_getErrorName(rem));
-        if (wr(w, w->zout, out.pos) < 0)
+        if (!mem && wr(w, w->zout, chunk.pos) < 0)
             return -1;
         if (end == ZSTD_e_end ? rem == 0 : in.pos == in.size)
             return 0;
+        if (mem && mem->pos == mem->size) /* cannot happen with ZSTD_compressBound's room */
+            return lm_error_set("zstd: output larger than its bound");
     }
+}
+
+static int put_zstd(lm_writer *w, const unsigned char *hdr, size_t hlen, const lm_record *rec)
+{
+    unsigned long long total = hlen;
+    for (int i = 0; i < rec->n; i++)
+        total += rec->t[i].nbytes;
+    ZSTD_outBuffer mem = {NULL, 0, 0}, *m = NULL;
+    if (w->async) {
+        size_t bound = ZSTD_compressBound((size_t)total);
+        if (ZSTD_isError(bound) || bound < total)
+            return lm_error_set("record too large");
+        int k = w->cur;
+        if (w->acap[k] < bound) {
+            free(w->abuf[k]); /* nothing to keep: no realloc copy */
+            w->acap[k] = 0;
+            if (!(w->abuf[k] = malloc(bound)))
+                return lm_error_set("out of memory (record of %llu bytes)", total);
+            w->acap[k] = bound;
+        }
+        mem = (ZSTD_outBuffer){w->abuf[k], bound, 0};
+        m = &mem;
+    }
+    ZSTD_CCtx_reset(w->cctx, ZSTD_reset_session_only);
+    ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_compressionLevel, w->level);
+    ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_checksumFlag, 1);
+    ZSTD_CCtx_setPledgedSrcSize(w->cctx, total);
+    if (zput(w, m, hdr, hlen, ZSTD_e_continue) < 0)
+        return -1;
+    for (int i = 0; i < rec->n; i++)
+        if (zput(w, m, rec->t[i].data, rec->t[i].nbytes, ZSTD_e_continue) < 0)
+            return -1;
+    if (zput(w, m, NULL, 0, ZSTD_e_end) < 0)
+        return -1;
+    if (!w->async)
+        return 0;
+    /* the previous record must be out before this one follows it */
+    if (out_wait(w) < 0)
+        return -1;
+    pthread_mutex_lock(&w->mu);
+    w->job = mem.dst;
+    w->job_len = mem.pos;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    w->cur ^= 1;
+    return 0;
 }
 
 int lm_writer_put(lm_writer *w, const lm_record *rec)
@@ -393,23 +627,15 @@ int lm_writer_put(lm_writer *w, const lm_record *rec)
             if (wr(w, rec->t[i].data, rec->t[i].nbytes) < 0)
                 goto done;
     } else {
-        unsigned long long total = hlen;
-        for (int i = 0; i < rec->n; i++)
-            total += rec->t[i].nbytes;
-        ZSTD_CCtx_reset(w->cctx, ZSTD_reset_session_only);
-        ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_compressionLevel, w->level);
-        ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_checksumFlag, 1);
-        ZSTD_CCtx_setPledgedSrcSize(w->cctx, total);
-        if (zput(w, hdr, hlen, ZSTD_e_continue) < 0)
+        if (put_zstd(w, hdr, hlen, rec) < 0)
             goto done;
-        for (int i = 0; i < rec->n; i++)
-            if (zput(w, rec->t[i].data, rec->t[i].nbytes, ZSTD_e_continue) < 0)
-                goto done;
-        if (zput(w, NULL, 0, ZSTD_e_end) < 0)
+        if (w->async) { /* the thread flushes */
+            rc = 0;
             goto done;
+        }
     }
     if (fflush(w->fp) != 0) {
-        lm_error_set(errno == EPIPE ? "broken pipe" : "write error: %s", strerror(errno));
+        write_error(errno);
         goto done;
     }
     rc = 0;
@@ -420,8 +646,11 @@ done:
 
 static void writer_free(lm_writer *w)
 {
+    out_stop(w);
     ZSTD_freeCCtx(w->cctx);
     free(w->zout);
+    free(w->abuf[0]);
+    free(w->abuf[1]);
     free(w->path);
     free(w->name);
     free(w);
@@ -429,11 +658,15 @@ static void writer_free(lm_writer *w)
 
 int lm_writer_commit(lm_writer *w)
 {
-    int rc = 0;
-    if (w->tmp) {
+    int rc = w->async ? out_wait(w) : 0;
+    out_stop(w);
+    if (rc < 0) {
+        if (w->tmp)
+            lm_atomic_abort(w->fp, w->tmp);
+    } else if (w->tmp) {
         rc = lm_atomic_commit(w->fp, w->tmp, w->path);
     } else if (fflush(w->fp) != 0) {
-        rc = lm_error_set(errno == EPIPE ? "broken pipe" : "write error: %s", strerror(errno));
+        rc = write_error(errno);
     }
     writer_free(w);
     return rc;
@@ -443,6 +676,7 @@ void lm_writer_abort(lm_writer *w)
 {
     if (!w)
         return;
+    out_stop(w);
     if (w->tmp)
         lm_atomic_abort(w->fp, w->tmp);
     writer_free(w);

@@ -83,14 +83,22 @@ static int upload_from(lm_net *n, lm_record *rec, const char *name, const char *
     return rc;
 }
 
+/* The activation `act` as the record's tensor `name`. On the CPU backend the activation is host
+ * memory and the tensor is a view of it, not a copy: it holds until the next call on n, and
+ * lm_net_stream writes every record before that. */
 static int put_act(lm_net *n, lm_record *rec, const char *act, const char *name)
 {
     int i = net_act_index(n, act);
     const lm_net_act_info *a = &n->plan.a[i];
     lm_tensor t;
-    if (lm_tensor_alloc(&t, name, LM_F32, a->ndim, a->shape) < 0)
-        return -1;
-    int rc = lm_backend_download(n->be, t.data, n->act[i], t.nbytes);
+    int rc;
+    if (n->be->kind == LM_BACKEND_CPU) {
+        rc = lm_tensor_wrap(&t, name, LM_F32, a->ndim, a->shape, n->act[i]);
+    } else {
+        rc = lm_tensor_alloc(&t, name, LM_F32, a->ndim, a->shape);
+        if (rc == 0)
+            rc = lm_backend_download(n->be, t.data, n->act[i], t.nbytes);
+    }
     if (rc == 0)
         rc = lm_record_put(rec, &t);
     lm_tensor_free(&t);
@@ -228,7 +236,10 @@ int lm_net_stream(lm_net *n, lm_net_stage_fn stage, const char *in, const char *
     lm_progress_start(&prog, what, 0, "pairs");
     lm_record rec;
     int rc;
-    while ((rc = lm_reader_next(r, &rec)) > 0) {
+    /* No copies of the big tensors on the way through: the record's input tensors are views of
+     * the reader's buffer, and on the CPU its outputs views of the activations; lm_writer_put
+     * has compressed them all before the next record is read or computed. */
+    while ((rc = lm_reader_next_view(r, &rec)) > 0) {
         (*count)++;
         if (stage(n, &rec) < 0 || lm_record_add_history(&rec, argc, argv) < 0) {
             lm_error_prefix("record %ld", *count);

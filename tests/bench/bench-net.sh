@@ -9,11 +9,14 @@
 #      each after a warm-up; peak RSS of each process. Target: C faster than PyTorch.
 #  (2) the stage pipeline lm-encode | lm-leb | lm-decode against lm-register, streaming the same
 #      4 abdomen pairs (lm-synth 192x160x192 + lm-preprocess --half), whole commands, best of
-#      RUNS; per-pair ratio, target <= 1.25x. REDUCED: the LLM here is lm-init --random-llm
-#      (64 wide, stories260K-shaped), not LLaMA-3 (a 1.7 GB folder per run): the ratio measures
-#      the stage/stream overhead around the same encoder/decoder work.
+#      RUNS; per-pair ratio, target <= 1.25x. Also the CPU time of both (user+sys of all their
+#      processes), which other load on a shared machine disturbs less than the wall time.
+#      REDUCED: the LLM here is lm-init --random-llm (64 wide, stories260K-shaped), not LLaMA-3
+#      (a 1.7 GB folder per run): the ratio measures the stage/stream overhead around the same
+#      encoder/decoder work.
 # Needs python3 with torch and transformers for (1) (skipped without them); ~24 GB machine:
-# each side of (1) peaks at ~2-4 GB. THREADS (default: all cores), REPS (3), RUNS (2).
+# each side of (1) peaks at ~2-4 GB. THREADS (default: all cores), REPS (3), RUNS (2);
+# PART=1 or PART=2 runs only that part (default: both).
 set -u
 build=${1:-build}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,10 +27,14 @@ reps=${REPS:-3}
 runs=${RUNS:-2}
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/lmbench.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
+part=${PART:-all}
+case $part in 1 | 2 | all) ;; *) echo "bench-net: PART must be 1 or 2" >&2; exit 2 ;; esac
 rc=0
 
 # ---- (1) forward per pair, C vs PyTorch --------------------------------------------------------
-if [ ! -x "$bdir/tests/bench/bench_net" ]; then
+if [ "$part" = 2 ]; then
+    :
+elif [ ! -x "$bdir/tests/bench/bench_net" ]; then
     echo "bench-net: (1) skipped ($build/tests/bench/bench_net is not built)"
 elif ! python3 -c 'import torch, transformers' 2>/dev/null; then
     echo "bench-net: (1) skipped (python3 with torch and transformers is needed)"
@@ -45,22 +52,31 @@ else
 fi
 
 # ---- (2) stage pipeline vs lm-register, 4 pairs streamed ----------------------------------------
+[ "$part" = 1 ] && exit $rc
 "$bin/lm-synth" -q -n 4 --shape 192x160x192 -o "$tmp/syn" || exit 1
 "$bin/lm-preprocess" -q --half --pairs "$tmp/syn/pairs.tsv" -o "$tmp/pairs.lmt" || exit 1
 "$bin/lm-init" -q --preset abdomen --random-llm "$tmp/llm" -o "$tmp/ck.safetensors" || exit 1
 ck=$tmp/ck.safetensors
 secs() { awk -v a="$1" -v b="$2" 'BEGIN{print b-a}'; }
-best_r=1e9 best_p=1e9
-for ((i = 0; i < runs; i++)); do
-    t0=$(date +%s.%N)
-    "$bin/lm-register" -q --threads "$threads" -w "$ck" -o "$tmp/reg.lmt" "$tmp/pairs.lmt" || exit 1
-    t1=$(date +%s.%N)
+reg() { "$bin/lm-register" -q --threads "$threads" -w "$ck" -o "$tmp/reg.lmt" "$tmp/pairs.lmt"; }
+pipe() {
     "$bin/lm-encode" -q --threads "$threads" -w "$ck" "$tmp/pairs.lmt" |
         "$bin/lm-leb" -q --threads "$threads" -w "$ck" |
-        "$bin/lm-decode" -q --threads "$threads" -w "$ck" -o "$tmp/pipe.lmt" || exit 1
-    t2=$(date +%s.%N)
-    best_r=$(awk -v a="$best_r" -v b="$(secs "$t0" "$t1")" 'BEGIN{print (b<a)?b:a}')
-    best_p=$(awk -v a="$best_p" -v b="$(secs "$t1" "$t2")" 'BEGIN{print (b<a)?b:a}')
+        "$bin/lm-decode" -q --threads "$threads" -w "$ck" -o "$tmp/pipe.lmt"
+}
+# timed F: runs F; its wall time and CPU time (user + sys of all its processes) into $tmp/time
+TIMEFORMAT='%R %U %S'
+timed() { { time "$1" 2>&3; } 3>&2 2>"$tmp/time"; }
+best_r=1e9 best_p=1e9 cpu_r=1e9 cpu_p=1e9
+min() { awk -v a="$1" -v b="$2" 'BEGIN{print (b<a)?b:a}'; }
+load=$(cut -d' ' -f1 /proc/loadavg)
+for ((i = 0; i < runs; i++)); do
+    timed reg || exit 1
+    read -r w u s <"$tmp/time"
+    best_r=$(min "$best_r" "$w") cpu_r=$(min "$cpu_r" "$(awk -v u="$u" -v s="$s" 'BEGIN{print u+s}')")
+    timed pipe || exit 1
+    read -r w u s <"$tmp/time"
+    best_p=$(min "$best_p" "$w") cpu_p=$(min "$cpu_p" "$(awk -v u="$u" -v s="$s" 'BEGIN{print u+s}')")
 done
 # each stage alone, file to file (where the pipeline's time goes)
 st=""
@@ -73,10 +89,11 @@ for s in encode leb decode; do
     in=$tmp/$s.lmt
 done
 nt() { "$bin/lm-info" "$1" 2>/dev/null | awk '/^record 1 /{sub(/.*, /,""); sub(/ tensors.*/,""); print; exit}'; }
-echo "stage pipeline vs lm-register, 4 abdomen pairs streamed (96x80x96 network input, L=180; REDUCED LLM: 64-wide random stories260K-shaped layers, not LLaMA-3), $threads threads, best of $runs:"
+echo "stage pipeline vs lm-register, 4 abdomen pairs streamed (96x80x96 network input, L=180; REDUCED LLM: 64-wide random stories260K-shaped layers, not LLaMA-3), $threads threads, best of $runs (load average $load at the start):"
 printf '  lm-register                              %7.2f s/pair  (output %4d MB, %s tensors/record)\n' "$(awk -v t="$best_r" 'BEGIN{print t/4}')" "$(($(stat -c %s "$tmp/reg.lmt") >> 20))" "$(nt "$tmp/reg.lmt")"
 printf '  lm-encode | lm-leb | lm-decode           %7.2f s/pair  (output %4d MB, %s tensors/record)\n' "$(awk -v t="$best_p" 'BEGIN{print t/4}')" "$(($(stat -c %s "$tmp/pipe.lmt") >> 20))" "$(nt "$tmp/pipe.lmt")"
 echo "  stages alone, file to file, per pair:${st%,}"
+awk -v p="$cpu_p" -v r="$cpu_r" 'BEGIN{printf "  CPU time (user+sys, all processes): lm-register %.2f s/pair, pipeline %.2f s/pair, %.2fx\n", r/4, p/4, p/r}'
 awk -v p="$best_p" -v r="$best_r" 'BEGIN{printf "  ratio: pipeline / lm-register = %.2fx per pair (target <= 1.25x: %s)\n", p/r, (p/r<=1.25)?"met":"NOT met"}'
 for f in reg pipe; do
     "$bin/lm-info" "$tmp/$f.lmt" 2>/dev/null | grep -q ' flow_full ' ||

@@ -131,4 +131,14 @@ check "--random-llm is seeded" cmp -s "$T/rllm/model.safetensors" "$T/rllm2/mode
 expect_fail "vit has no RoPE" 1 "no RoPE" lm-init --config '{"ablation":"vit","rope":true}' --llm "$T/rllm" -o "$T/x.safetensors"
 run lm-init -q --preset tiny --random-llm "$T/rllm3" -o "$T/rck.safetensors"
 check "--random-llm with -o makes a checkpoint over it" [ "$rc" -eq 0 -a -s "$T/rck.safetensors" ]
+# the zstd level of the output: LM_ZSTD_LEVEL over the defaults, the same records; a bad value
+# refused before any record is read
+LM_ZSTD_LEVEL=7 lm-encode -q --device cpu -w "$T/rck.safetensors" "$T/pre.lmt" -o "$T/l7.lmt"
+lm-encode -q --device cpu -w "$T/rck.safetensors" "$T/pre.lmt" -o "$T/l1.lmt"
+flows "$T/l7.lmt" fm1,ff5,moving >"$T/a.st"
+flows "$T/l1.lmt" fm1,ff5,moving >"$T/b.st"
+check "LM_ZSTD_LEVEL=7: the same records" cmp -s "$T/a.st" "$T/b.st"
+check "LM_ZSTD_LEVEL=7: another compression" sh -c "! cmp -s '$T/l7.lmt' '$T/l1.lmt'"
+expect_fail "bad LM_ZSTD_LEVEL" 1 "stdout: LM_ZSTD_LEVEL: 'fast' is not a zstd level" \
+    env LM_ZSTD_LEVEL=fast lm-encode -w "$T/rck.safetensors" "$T/pre.lmt"
 finish

@@ -1,7 +1,8 @@
 #define _XOPEN_SOURCE 700
 /* test_stream.c — tensor streams: many records, concatenation, raw and zstd records mixed,
  * empty input, truncation at every byte, corruption, lying sizes on pipes, bounded memory,
- * atomic output (abort, signals), terminal refusal, broken pipes. */
+ * atomic output (abort, signals), terminal refusal, broken pipes; records read as views,
+ * compression levels (defaults per output, LM_ZSTD_LEVEL), the asynchronous pipe writer. */
 #include "cli/lm_cli.h"
 #include "io/lm_error.h"
 #include "io/lm_stream.h"
@@ -10,6 +11,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -414,7 +416,9 @@ static void t_terminal_and_pipe(void)
         lm_writer *w = lm_writer_open("-", 0);
         lm_record r;
         make_record(&r, 0, 64 * 1024);
-        int rc = lm_writer_put(w, &r);
+        int rc = lm_writer_put(w, &r); /* on a pipe the write fails in the output thread: */
+        if (rc == 0)                   /* the error comes with the commit */
+            rc = lm_writer_commit(w);
         _exit(rc < 0 && strstr(lm_error(), "broken pipe") ? 0 : 1);
     }
     close(fds[1]);
@@ -422,6 +426,240 @@ static void t_terminal_and_pipe(void)
     waitpid(pid, &st, 0);
     LM_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "broken pipe not reported cleanly (status %d)",
              st);
+}
+
+/* lm_reader_next_view gives the records lm_reader_next gives, as views of the reader's buffer;
+ * a tensor left unaligned by another writer's header is copied. */
+static void t_views(void)
+{
+    write_stream(tpath("v1.lmt"), 0, 2, 0);
+    write_stream(tpath("v2.lmt"), 2, 1, LM_W_RAW);
+    size_t l1, l2;
+    char *a = lm_tu_slurp(tpath("v1.lmt"), &l1), *b = lm_tu_slurp(tpath("v2.lmt"), &l2);
+    /* a raw record whose header, padded with spaces to 8 + N = 1 (mod 4), leaves its F32 data
+     * unaligned in any buffer that is itself aligned */
+    const char *json = "{\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}";
+    size_t hn = strlen(json);
+    while ((8 + hn) % 4 != 1)
+        hn++;
+    unsigned char odd[256];
+    memset(odd, ' ', sizeof odd);
+    for (int i = 0; i < 8; i++)
+        odd[i] = (unsigned char)(hn >> (8 * i));
+    memcpy(odd + 8, json, strlen(json));
+    float xs[3] = {1.5f, -2.0f, 3.25f};
+    memcpy(odd + 8 + hn, xs, sizeof xs);
+    size_t lodd = 8 + hn + sizeof xs;
+    char *all = malloc(l1 + l2 + lodd);
+    memcpy(all, a, l1);
+    memcpy(all + l1, b, l2);
+    memcpy(all + l1 + l2, odd, lodd);
+    lm_tu_write(tpath("views.lmt"), all, l1 + l2 + lodd);
+    lm_reader *r = lm_reader_open(tpath("views.lmt"));
+    lm_record rec, want;
+    int n = 0, bad = 0, owned = 0;
+    while (r && lm_reader_next_view(r, &rec) == 1) {
+        if (n < 3) {
+            make_record(&want, n, 0);
+            bad += !same_record(&rec, &want);
+            lm_record_free(&want);
+            for (int i = 0; i < rec.n; i++)
+                owned += rec.t[i].owns;
+        } else {
+            const lm_tensor *x = lm_record_cget(&rec, "x");
+            LM_CHECK(x && x->owns && (uintptr_t)x->data % 4 == 0 && !memcmp(x->data, xs, 12),
+                     "unaligned F32 data is copied to aligned memory");
+        }
+        /* a tensor put into a record of views is the record's own */
+        lm_tensor t;
+        int64_t sh[1] = {1000};
+        lm_tensor_alloc(&t, "added", LM_F32, 1, sh);
+        lm_record_put(&rec, &t);
+        lm_record_free(&rec);
+        n++;
+    }
+    LM_CHECK(n == 4 && bad == 0 && owned == 0, "views: %d records, %d differ, %d copied (%s)", n,
+             bad, owned, lm_error());
+    lm_reader_close(r);
+    free(a);
+    free(b);
+    free(all);
+    /* errors as lm_reader_next reports them */
+    write_stream(tpath("vt.lmt"), 0, 1, 0);
+    char *buf = lm_tu_slurp(tpath("vt.lmt"), &l1);
+    lm_tu_write(tpath("vt.lmt"), buf, l1 - 5);
+    r = lm_reader_open(tpath("vt.lmt"));
+    LM_CHECK(r && lm_reader_next_view(r, &rec) < 0 && strstr(lm_error(), "record 1: truncated"),
+             "truncated: %s", lm_error());
+    lm_reader_close(r);
+    free(buf);
+}
+
+/* A 2-record stream written to path by a writer at level `level` (INT32_MIN: the writer's
+ * default); stream_bytes returns its bytes. */
+static int write_levelled(const char *path, int level)
+{
+    lm_writer *w = lm_writer_open(path, 0);
+    if (!w)
+        return -1;
+    if (level != INT32_MIN)
+        lm_writer_set_level(w, level);
+    for (int i = 0; i < 2; i++) {
+        lm_record r;
+        make_record(&r, i, 4096);
+        lm_writer_put(w, &r);
+        lm_record_free(&r);
+    }
+    return lm_writer_commit(w);
+}
+
+static char *stream_bytes(const char *path, int level, size_t *len)
+{
+    return write_levelled(path, level) < 0 ? NULL : lm_tu_slurp(path, len);
+}
+
+static int same_bytes(const char *a, size_t la, const char *b, size_t lb)
+{
+    return a && b && la == lb && memcmp(a, b, la) == 0;
+}
+
+/* Levels: 1 for files, a fast level (-20) for pipes, LM_ZSTD_LEVEL over both, any level read back;
+ * bad values of LM_ZSTD_LEVEL refused. Compression is deterministic, so equal bytes mean the same
+ * level. */
+static void t_levels(void)
+{
+    size_t ld = 0, l1 = 0, l3 = 0, lf = 0, le = 0, lp;
+    unsetenv("LM_ZSTD_LEVEL");
+    char *d = stream_bytes(tpath("ld.lmt"), INT32_MIN, &ld);
+    char *one = stream_bytes(tpath("l1.lmt"), 1, &l1);
+    char *three = stream_bytes(tpath("l3.lmt"), 3, &l3);
+    char *fast = stream_bytes(tpath("lf.lmt"), -20, &lf);
+    LM_CHECK(same_bytes(d, ld, one, l1) && !same_bytes(d, ld, three, l3),
+             "a file is written at level 1 by default");
+    lm_reader *r = lm_reader_open(tpath("lf.lmt"));
+    lm_record rec, want;
+    int n = 0, mm = 0;
+    while (r && lm_reader_next(r, &rec) == 1) {
+        make_record(&want, n++, 4096);
+        mm += !same_record(&rec, &want);
+        lm_record_free(&want);
+        lm_record_free(&rec);
+    }
+    lm_reader_close(r);
+    LM_CHECK(n == 2 && mm == 0, "level -20 read back: %d records, %d differ", n, mm);
+    setenv("LM_ZSTD_LEVEL", "-20", 1);
+    char *e = stream_bytes(tpath("le.lmt"), INT32_MIN, &le);
+    LM_CHECK(same_bytes(e, le, fast, lf), "LM_ZSTD_LEVEL=-20 sets the default");
+    free(e);
+    e = stream_bytes(tpath("le.lmt"), 3, &le);
+    LM_CHECK(same_bytes(e, le, three, l3), "lm_writer_set_level overrides LM_ZSTD_LEVEL");
+    free(e);
+    const char *bad[] = {"0", "x", "3x", "", "99", "-99999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        setenv("LM_ZSTD_LEVEL", bad[i], 1);
+        lm_writer *w = lm_writer_open(tpath("lb.lmt"), 0);
+        if (!*bad[i]) /* empty: unset */
+            LM_CHECK(w != NULL, "LM_ZSTD_LEVEL= (empty) is ignored: %s", lm_error());
+        else
+            LM_CHECK(!w && strstr(lm_error(), "LM_ZSTD_LEVEL"), "LM_ZSTD_LEVEL=%s: %s", bad[i],
+                     w ? "accepted" : lm_error());
+        lm_writer_abort(w);
+    }
+    unsetenv("LM_ZSTD_LEVEL");
+    LM_CHECK(access(tpath("lb.lmt"), F_OK) != 0, "a refused level left an output");
+    /* on a pipe (stdout of a child): the fast level */
+    int fds[2];
+    LM_CHECK(pipe(fds) == 0, "pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], STDOUT_FILENO);
+        _exit(write_levelled("-", INT32_MIN) < 0);
+    }
+    close(fds[1]);
+    char *got = malloc(lf + 1024);
+    lp = 0;
+    for (ssize_t k; (k = read(fds[0], got + lp, lf + 1024 - lp)) > 0;)
+        lp += (size_t)k;
+    close(fds[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    LM_CHECK(same_bytes(got, lp, fast, lf),
+             "a pipe is written at level -20 by default (%zu vs %zu bytes)", lp, lf);
+    free(got);
+    free(d);
+    free(one);
+    free(three);
+    free(fast);
+}
+
+/* Record i of 2 MiB of pseudo-random bytes (incompressible). */
+static void make_noise_record(lm_record *r, int i)
+{
+    int64_t shape[1] = {2 << 20};
+    lm_tensor t;
+    lm_record_init(r);
+    lm_tensor_alloc(&t, "noise", LM_U8, 1, shape);
+    uint64_t x = lm_test_seed() * 2654435761u + (uint64_t)i + 1;
+    unsigned char *p = t.data;
+    for (int64_t k = 0; k < shape[0]; k++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        p[k] = (unsigned char)(x >> 32);
+    }
+    lm_record_put(r, &t);
+}
+
+/* On a pipe, lm_writer_put returns once the record is compressed, before the next process has
+ * read it (a synchronous writer would block on a full pipe), and the records arrive whole and
+ * in order. */
+static void t_async_pipe(void)
+{
+    int data[2], note[2];
+    LM_CHECK(pipe(data) == 0 && pipe(note) == 0, "pipes");
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(data[0]);
+        close(note[0]);
+        dup2(data[1], STDOUT_FILENO);
+        close(data[1]);
+        lm_cli_init("t");
+        lm_writer *w = lm_writer_open("-", 0);
+        lm_writer_set_level(w, 1);
+        int ok = w != NULL;
+        for (int i = 0; ok && i < 3; i++) {
+            lm_record r;
+            make_noise_record(&r, i); /* far beyond a pipe's buffer, even compressed */
+            ok = lm_writer_put(w, &r) == 0;
+            lm_record_free(&r);
+            if (i == 0 && write(note[1], "p", 1) != 1) /* put returned, nothing read yet */
+                ok = 0;
+        }
+        ok = ok && lm_writer_commit(w) == 0;
+        _exit(ok ? 0 : 1);
+    }
+    close(data[1]);
+    close(note[1]);
+    struct pollfd pf = {note[0], POLLIN, 0};
+    LM_CHECK(poll(&pf, 1, 30000) == 1, "lm_writer_put waited for the reader of its pipe");
+    char path[64];
+    snprintf(path, sizeof path, "/dev/fd/%d", data[0]);
+    lm_reader *r = lm_reader_open(path);
+    lm_record rec, want;
+    int n = 0, bad = 0;
+    while (r && lm_reader_next(r, &rec) == 1) {
+        make_noise_record(&want, n);
+        bad += !same_record(&rec, &want);
+        lm_record_free(&want);
+        lm_record_free(&rec);
+        n++;
+    }
+    LM_CHECK(n == 3 && bad == 0, "%d records through the pipe, %d differ (%s)", n, bad, lm_error());
+    lm_reader_close(r);
+    close(data[0]);
+    close(note[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    LM_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "writer child failed (status %d)", st);
 }
 
 static const lm_test_case cases[] = {
@@ -436,6 +674,9 @@ static const lm_test_case cases[] = {
     {"bounded_memory", t_bounded_memory},
     {"atomic_output", t_atomic},
     {"terminal_and_broken_pipe", t_terminal_and_pipe},
+    {"views", t_views},
+    {"levels", t_levels},
+    {"async_pipe", t_async_pipe},
     {0},
 };
 
