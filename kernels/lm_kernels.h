@@ -322,6 +322,9 @@ struct lm_backend {
     /* buffers: alloc returns 64-byte aligned memory with undefined contents, or NULL */
     void *(*alloc)(lm_backend *be, size_t nbytes);
     void (*free)(lm_backend *be, void *p); /* accepts NULL */
+    /* optional (NULL: alloc, then the fill op): as alloc, zeroed; the CPU's leaves untouched
+     * pages to the kernel's zero-fill, so memory never used costs nothing */
+    void *(*alloc_zero)(lm_backend *be, size_t nbytes);
     int (*upload)(lm_backend *be, void *dst, const void *host_src, size_t nbytes);
     int (*download)(lm_backend *be, void *host_dst, const void *src, size_t nbytes);
     int (*sync)(lm_backend *be);
@@ -337,6 +340,8 @@ lm_backend *lm_backend_cpu(void);
 
 /* Thin wrappers over the table (set lm_error on failure). */
 void *lm_backend_alloc(lm_backend *be, size_t nbytes);
+/* As lm_backend_alloc, the buffer zeroed (nbytes a multiple of 4 without an alloc_zero slot). */
+void *lm_backend_alloc_zero(lm_backend *be, size_t nbytes);
 void lm_backend_free(lm_backend *be, void *p);
 int lm_backend_upload(lm_backend *be, void *dst, const void *host_src, size_t nbytes);
 int lm_backend_download(lm_backend *be, void *host_dst, const void *src, size_t nbytes);

@@ -19,6 +19,26 @@ void *lm_backend_alloc(lm_backend *be, size_t nbytes)
     return p;
 }
 
+void *lm_backend_alloc_zero(lm_backend *be, size_t nbytes)
+{
+    if (be->alloc_zero) {
+        void *p = be->alloc_zero(be, nbytes);
+        if (!p)
+            lm_error_set("%s: cannot allocate %zu bytes", be->name, nbytes);
+        return p;
+    }
+    if (nbytes % sizeof(float)) {
+        lm_error_set("%s: zeroed buffers are whole floats (%zu bytes asked)", be->name, nbytes);
+        return NULL;
+    }
+    void *p = lm_backend_alloc(be, nbytes);
+    if (p && nbytes && be->fill(be, p, 0.0f, (int64_t)(nbytes / sizeof(float))) < 0) {
+        be->free(be, p);
+        return NULL;
+    }
+    return p;
+}
+
 void lm_backend_free(lm_backend *be, void *p)
 {
     if (be && p)

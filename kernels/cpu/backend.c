@@ -8,11 +8,33 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 static void *cpu_alloc(lm_backend *be, size_t nbytes)
 {
     (void)be;
     return lm_cpu_scratch(nbytes);
+}
+
+/* Zeroed memory: the whole pages inside the block are handed back to the kernel
+ * (MADV_DONTNEED on private anonymous memory: zero-filled when next touched), the rest cleared.
+ * A fresh mapping is not touched at all, so buffers never used cost no page faults. */
+static void *cpu_alloc_zero(lm_backend *be, size_t nbytes)
+{
+    (void)be;
+    unsigned char *p = lm_cpu_scratch(nbytes);
+    if (!p)
+        return NULL;
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + pg - 1) / pg * pg, b = ((uintptr_t)p + nbytes) / pg * pg;
+    if (nbytes >= (1u << 20) && b > a && madvise((void *)a, b - a, MADV_DONTNEED) == 0) {
+        memset(p, 0, a - (uintptr_t)p);
+        memset((void *)b, 0, (uintptr_t)p + nbytes - b);
+    } else {
+        memset(p, 0, nbytes);
+    }
+    return p;
 }
 
 static void cpu_free(lm_backend *be, void *p)
@@ -145,6 +167,7 @@ static lm_backend cpu_backend = {
     .ctx = NULL,
     .alloc = cpu_alloc,
     .free = cpu_free,
+    .alloc_zero = cpu_alloc_zero,
     .upload = cpu_upload,
     .download = cpu_download,
     .sync = cpu_sync,

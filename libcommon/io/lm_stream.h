@@ -48,6 +48,14 @@ lm_writer *lm_writer_open(const char *path, int flags);
 /* Serialises, compresses (one frame, content size and checksum recorded) and flushes (on a pipe:
  * hands the frame to the output thread, which flushes). rec may be freed or changed on return. */
 int lm_writer_put(lm_writer *w, const lm_record *rec);
+/* lm_writer_put in two steps, for a record whose first `ready` tensors are complete before the
+ * others (a stage's inputs, which pass through, before its outputs are computed):
+ * lm_writer_begin starts compressing the header and those tensors in a thread and returns at
+ * once; lm_writer_end compresses the rest and finishes the record as lm_writer_put does. In
+ * between, nothing of rec may change but the data of its tensors from `ready` on. After a
+ * failed begin or end the record is dropped; lm_writer_abort drops one begun. */
+int lm_writer_begin(lm_writer *w, const lm_record *rec, int ready);
+int lm_writer_end(lm_writer *w, const lm_record *rec);
 /* Finishes the output (rename into place for files) and frees w. 0 or -1. */
 int lm_writer_commit(lm_writer *w);
 /* Drops the output (removes the temporary) and frees w. Accepts NULL. */

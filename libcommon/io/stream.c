@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #define ZMAGIC 0xFD2FB528u
 #define GROW_STEP (64u << 20) /* grow buffers by at most this much beyond what has arrived */
@@ -417,6 +418,16 @@ struct lm_writer {
     size_t job_len;
     int quit;
     int err; /* errno of the thread's failed write, 0 if none */
+    /* the record between lm_writer_begin and lm_writer_end */
+    const lm_record *rec;
+    unsigned char *hdr;
+    size_t hlen;
+    int ready;          /* its tensors [0, ready) go in first, in the prefix thread */
+    ZSTD_outBuffer mem; /* async: the frame in abuf[cur] */
+    pthread_t prefix;
+    int prefix_on, prefix_rc;
+    size_t zerr; /* a failed zput: its zstd code, or */
+    int werr;    /* its errno */
 };
 
 static void *out_thread(void *arg)
@@ -548,88 +559,168 @@ static int wr(lm_writer *w, const void *p, size_t n)
     return 0;
 }
 
-/* Compresses n bytes at p into the frame: to the output (zout chunks), or, with `mem`, into
- * mem->dst (which has room for the whole frame). */
+/* Compresses n bytes at p into the frame: to the output in zout chunks, or, with `mem`, into
+ * mem->dst (room for the whole frame). Sets no message (it may run in the prefix thread): a
+ * failure leaves its zstd code in w->zerr or its errno in w->werr. */
 static int zput(lm_writer *w, ZSTD_outBuffer *mem, const void *p, size_t n, ZSTD_EndDirective end)
 {
     ZSTD_inBuffer in = {p, n, 0};
     for (;;) {
         ZSTD_outBuffer chunk = {w->zout, w->zcap, 0}, *out = mem ? mem : &chunk;
         size_t rem = ZSTD_compressStream2(w->cctx, out, &in, end);
-        if (ZSTD_isError(rem))
-            return lm_error_set("zstd: %s", ZSTD_getErrorName(rem));
-        if (!mem && wr(w, w->zout, chunk.pos) < 0)
+        if (ZSTD_isError(rem)) {
+            w->zerr = rem;
             return -1;
+        }
+        if (!mem && chunk.pos && fwrite(w->zout, 1, chunk.pos, w->fp) != chunk.pos) {
+            w->werr = errno ? errno : EIO;
+            return -1;
+        }
         if (end == ZSTD_e_end ? rem == 0 : in.pos == in.size)
             return 0;
-        if (mem && mem->pos == mem->size) /* cannot happen with ZSTD_compressBound's room */
-            return lm_error_set("zstd: output larger than its bound");
+        if (mem && mem->pos == mem->size) { /* cannot happen with ZSTD_compressBound's room */
+            w->zerr = (size_t)-ZSTD_error_dstSize_tooSmall;
+            return -1;
+        }
     }
 }
 
-static int put_zstd(lm_writer *w, const unsigned char *hdr, size_t hlen, const lm_record *rec)
+/* The message of a failed zput. */
+static int zput_error(lm_writer *w)
 {
-    unsigned long long total = hlen;
+    if (w->werr)
+        return write_error(w->werr);
+    return lm_error_set("zstd: %s", ZSTD_getErrorName(w->zerr));
+}
+
+/* The header and the first w->ready tensors of the record into the frame. */
+static int put_prefix(lm_writer *w)
+{
+    const lm_record *rec = w->rec;
+    ZSTD_outBuffer *m = w->async ? &w->mem : NULL;
+    errno = 0;
+    if (zput(w, m, w->hdr, w->hlen, ZSTD_e_continue) < 0)
+        return -1;
+    for (int i = 0; i < w->ready; i++)
+        if (zput(w, m, rec->t[i].data, rec->t[i].nbytes, ZSTD_e_continue) < 0)
+            return -1;
+    return 0;
+}
+
+static void *prefix_thread(void *arg)
+{
+    lm_writer *w = arg;
+    w->prefix_rc = put_prefix(w);
+    return NULL;
+}
+
+/* Waits for the prefix thread; its result. */
+static int prefix_join(lm_writer *w)
+{
+    if (w->prefix_on) {
+        pthread_join(w->prefix, NULL);
+        w->prefix_on = 0;
+    }
+    return w->prefix_rc;
+}
+
+/* Forgets the record begun (after its end, or when it is dropped). */
+static void record_done(lm_writer *w)
+{
+    prefix_join(w);
+    free(w->hdr);
+    w->hdr = NULL;
+    w->rec = NULL;
+}
+
+int lm_writer_begin(lm_writer *w, const lm_record *rec, int ready)
+{
+    if (w->rec)
+        return lm_error_set("lm_writer_begin: the previous record is not finished");
+    if (ready < 0 || ready > rec->n)
+        ready = rec->n;
+    if (lm_st_header_build(&w->hdr, &w->hlen, rec) < 0) {
+        w->hdr = NULL;
+        return -1;
+    }
+    w->rec = rec;
+    w->ready = ready;
+    w->zerr = 0;
+    w->werr = 0;
+    if (w->flags & LM_W_RAW) /* written whole by lm_writer_end */
+        return 0;
+    unsigned long long total = w->hlen;
     for (int i = 0; i < rec->n; i++)
         total += rec->t[i].nbytes;
-    ZSTD_outBuffer mem = {NULL, 0, 0}, *m = NULL;
     if (w->async) {
         size_t bound = ZSTD_compressBound((size_t)total);
-        if (ZSTD_isError(bound) || bound < total)
-            return lm_error_set("record too large");
         int k = w->cur;
+        if (ZSTD_isError(bound) || bound < total) {
+            record_done(w);
+            return lm_error_set("record too large");
+        }
         if (w->acap[k] < bound) {
             free(w->abuf[k]); /* nothing to keep: no realloc copy */
             w->acap[k] = 0;
-            if (!(w->abuf[k] = malloc(bound)))
+            if (!(w->abuf[k] = malloc(bound))) {
+                record_done(w);
                 return lm_error_set("out of memory (record of %llu bytes)", total);
+            }
             w->acap[k] = bound;
         }
-        mem = (ZSTD_outBuffer){w->abuf[k], bound, 0};
-        m = &mem;
+        w->mem = (ZSTD_outBuffer){w->abuf[k], bound, 0};
     }
     ZSTD_CCtx_reset(w->cctx, ZSTD_reset_session_only);
     ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_compressionLevel, w->level);
     ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_checksumFlag, 1);
     ZSTD_CCtx_setPledgedSrcSize(w->cctx, total);
-    if (zput(w, m, hdr, hlen, ZSTD_e_continue) < 0)
-        return -1;
-    for (int i = 0; i < rec->n; i++)
-        if (zput(w, m, rec->t[i].data, rec->t[i].nbytes, ZSTD_e_continue) < 0)
-            return -1;
-    if (zput(w, m, NULL, 0, ZSTD_e_end) < 0)
-        return -1;
-    if (!w->async)
+    w->prefix_rc = 0;
+    /* a prefix worth a thread: compressed while the caller computes the rest */
+    if (ready > 0 && pthread_create(&w->prefix, NULL, prefix_thread, w) == 0) {
+        w->prefix_on = 1;
         return 0;
-    /* the previous record must be out before this one follows it */
-    if (out_wait(w) < 0)
-        return -1;
-    pthread_mutex_lock(&w->mu);
-    w->job = mem.dst;
-    w->job_len = mem.pos;
-    pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-    w->cur ^= 1;
+    }
+    w->prefix_rc = put_prefix(w);
     return 0;
 }
 
-int lm_writer_put(lm_writer *w, const lm_record *rec)
+int lm_writer_end(lm_writer *w, const lm_record *rec)
 {
-    unsigned char *hdr = NULL;
-    size_t hlen;
     int rc = -1;
-    if (lm_st_header_build(&hdr, &hlen, rec) < 0)
-        return -1;
+    if (w->rec != rec)
+        return lm_error_set("lm_writer_end: not the record begun");
     if (w->flags & LM_W_RAW) {
-        if (wr(w, hdr, hlen) < 0)
+        if (wr(w, w->hdr, w->hlen) < 0)
             goto done;
         for (int i = 0; i < rec->n; i++)
             if (wr(w, rec->t[i].data, rec->t[i].nbytes) < 0)
                 goto done;
     } else {
-        if (put_zstd(w, hdr, hlen, rec) < 0)
+        ZSTD_outBuffer *m = w->async ? &w->mem : NULL;
+        if (prefix_join(w) < 0) {
+            zput_error(w);
             goto done;
-        if (w->async) { /* the thread flushes */
+        }
+        errno = 0;
+        for (int i = w->ready; i < rec->n; i++)
+            if (zput(w, m, rec->t[i].data, rec->t[i].nbytes, ZSTD_e_continue) < 0) {
+                zput_error(w);
+                goto done;
+            }
+        if (zput(w, m, NULL, 0, ZSTD_e_end) < 0) {
+            zput_error(w);
+            goto done;
+        }
+        if (w->async) {
+            /* the previous record must be out before this one follows it; the thread flushes */
+            if (out_wait(w) < 0)
+                goto done;
+            pthread_mutex_lock(&w->mu);
+            w->job = w->mem.dst;
+            w->job_len = w->mem.pos;
+            pthread_cond_broadcast(&w->cv);
+            pthread_mutex_unlock(&w->mu);
+            w->cur ^= 1;
             rc = 0;
             goto done;
         }
@@ -640,12 +731,20 @@ int lm_writer_put(lm_writer *w, const lm_record *rec)
     }
     rc = 0;
 done:
-    free(hdr);
+    record_done(w);
     return rc;
+}
+
+int lm_writer_put(lm_writer *w, const lm_record *rec)
+{
+    if (lm_writer_begin(w, rec, 0) < 0)
+        return -1;
+    return lm_writer_end(w, rec);
 }
 
 static void writer_free(lm_writer *w)
 {
+    record_done(w);
     out_stop(w);
     ZSTD_freeCCtx(w->cctx);
     free(w->zout);
@@ -676,6 +775,7 @@ void lm_writer_abort(lm_writer *w)
 {
     if (!w)
         return;
+    record_done(w); /* the prefix thread may be writing into a file */
     out_stop(w);
     if (w->tmp)
         lm_atomic_abort(w->fp, w->tmp);

@@ -256,10 +256,12 @@ int lm_net_register_pairs(lm_net *n, const lm_prep_opts *po, const lm_prep_pair 
                           int npairs, const char *out, int wflags, int argc, char **argv,
                           long *count);
 /* The loop of a stage program: every record of the stream `in` ("-" or NULL: stdin) through
- * stage, history appended, written to `out` (NULL: stdout; a file appears only on success).
- * Progress on stderr. 0, or -1 with lm_error "INPUT: record N: reason". */
+ * stage (one of the four above), the tensors it consumes dropped unless `keep` (lm-leb: fm5,
+ * ff5; lm-decode: tokens, fm1..4, ff1..4; images, labels and the rest always pass), history
+ * appended, written to `out` (NULL: stdout; a file appears only on success). Progress on
+ * stderr. 0, or -1 with lm_error "INPUT: record N: reason". */
 int lm_net_stream(lm_net *n, lm_net_stage_fn stage, const char *in, const char *out, int wflags,
-                  int argc, char **argv, const char *what, long *count);
+                  int keep, int argc, char **argv, const char *what, long *count);
 
 /* --device spec (NULL: $LM_DEVICE or the default) -> a backend. */
 lm_backend *lm_net_backend_open(const char *spec);

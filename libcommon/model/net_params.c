@@ -167,15 +167,10 @@ int lm_net_create(lm_net **out, lm_backend *be, const lm_net_config *c)
         lm_net_param *p = &n->p[i];
         if (is_lora(p))
             continue;
-        p->value = lm_backend_alloc(be, (size_t)p->numel * sizeof(float));
-        p->grad = lm_backend_alloc(be, (size_t)p->numel * sizeof(float));
+        p->value = lm_backend_alloc_zero(be, (size_t)p->numel * sizeof(float));
+        p->grad = lm_backend_alloc_zero(be, (size_t)p->numel * sizeof(float));
         if (!p->value || !p->grad)
             rc = lm_error_set("out of memory for %s", p->name);
-        else
-            rc = LM_OP_CALL(be, fill, p->value, 0.0f, p->numel) < 0 ||
-                         LM_OP_CALL(be, fill, p->grad, 0.0f, p->numel) < 0
-                     ? -1
-                     : 0;
     }
     int last_leb = -1;
     for (int i = 0; i < n->plan.n; i++) {
@@ -188,12 +183,11 @@ int lm_net_create(lm_net **out, lm_backend *be, const lm_net_config *c)
             n->alias[i] = last_leb;
             continue;
         }
-        n->act[i] = lm_backend_alloc(be, (size_t)n->plan.a[i].numel * sizeof(float));
+        /* zeroed without touching on the CPU: a stage program uses a part of the plan */
+        n->act[i] = lm_backend_alloc_zero(be, (size_t)n->plan.a[i].numel * sizeof(float));
         if (!n->act[i])
             rc = lm_error_set("out of memory for activation %s (%lld floats)",
                               n->plan.a[i].name, (long long)n->plan.a[i].numel);
-        else
-            rc = LM_OP_CALL(be, fill, n->act[i], 0.0f, n->plan.a[i].numel) < 0 ? -1 : 0;
     }
     if (rc < 0) {
         lm_net_free(n);

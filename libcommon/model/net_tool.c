@@ -23,9 +23,11 @@
         {"help", 'h', NULL, "show this help and exit"},                                           \
         {"version", 'V', NULL, "show the version and exit"}, {0}
 
+#define KEEP_ROW {"keep", 'k', NULL, "pass on the tensors the stage consumes too (default: dropped)"}
 static const lm_option opts_llm[] = {
     {"weights", 'w', "CKPT", "network checkpoint (.safetensors; required)"},
     {"llm", 0, "DIR", "Hugging Face model folder (default: the one the checkpoint names)"},
+    KEEP_ROW,
     COMMON_TAIL,
 };
 /* lm-register: the stream options plus NIfTI input (net_register.c) */
@@ -37,6 +39,11 @@ static const lm_option opts_register[] = {
     LM_PREP_OPTION_ROWS,
     COMMON_TAIL,
 };
+static const lm_option opts_decode[] = {
+    {"weights", 'w', "CKPT", "network checkpoint (.safetensors; required)"},
+    KEEP_ROW,
+    COMMON_TAIL,
+};
 static const lm_option opts_plain[] = {
     {"weights", 'w', "CKPT", "network checkpoint (.safetensors; required)"},
     COMMON_TAIL,
@@ -46,14 +53,17 @@ int lm_net_tool_main(int argc, char **argv, const char *synopsis, const char *su
                      lm_net_stage_fn stage, const char *what, int with_llm)
 {
     const int reg = stage == lm_net_stage_register;
-    const lm_option *opts = reg ? opts_register : with_llm ? opts_llm : opts_plain;
+    const lm_option *opts = reg                            ? opts_register
+                            : with_llm                     ? opts_llm
+                            : stage == lm_net_stage_decode ? opts_decode
+                                                           : opts_plain;
     const lm_cli_spec spec = {synopsis, summary, opts,
                               "Exit status: 0 success, 1 bad input or failed write, 2 usage error."};
     const char *arg, *out = NULL, *ckpt = NULL, *dev = NULL, *llm = NULL, *list = NULL,
                *pair_id = NULL;
     lm_prep_opts po;
     int prep_given = 0;
-    int flags = 0, c;
+    int flags = 0, keep = 0, c;
     long threads = 0;
     lm_cli_init(argv[0]);
     lm_prep_opts_default(&po);
@@ -69,6 +79,8 @@ int lm_net_tool_main(int argc, char **argv, const char *synopsis, const char *su
             pair_id = arg;
         else if (lm_prep_option(&po, o, arg))
             prep_given = 1;
+        else if (!strcmp(o, "keep"))
+            keep = 1;
         else if (!strcmp(o, "output"))
             out = arg;
         else if (!strcmp(o, "force"))
@@ -150,8 +162,8 @@ int lm_net_tool_main(int argc, char **argv, const char *synopsis, const char *su
             lm_usage_error("%s", lm_error());
         if (lm_net_register_pairs(n, &po, pairs, npairs, out, flags, argc, argv, &count) < 0)
             lm_die(LM_EXIT_FAIL, "%s", lm_error());
-    } else if (lm_net_stream(n, stage, optind < argc ? argv[optind] : "-", out, flags, argc, argv, what,
-                      &count) < 0)
+    } else if (lm_net_stream(n, stage, optind < argc ? argv[optind] : "-", out, flags, keep, argc,
+                             argv, what, &count) < 0)
         lm_die(LM_EXIT_FAIL, "%s", lm_error());
     if (!count)
         lm_warn("no records");

@@ -24,14 +24,21 @@ pipeline_vs_register() { # NAME CKPT LLM INPUT FLOWS
     check "$name: piped stages and lm-register give bit-identical $sel" cmp -s "$T/a.st" "$T/b.st"
     run lm-info "$T/piped.lmt"
     check "$name: pass-through and stage outputs" grep -q 'moving_seg' "$T/out"
-    check "$name: tokens and features kept" grep -Eq 'tokens .*F32|fm1 .*F32' "$T/out"
+    check "$name: consumed features dropped" sh -c "! grep -Eq '^ *(tokens|fm[1-5]|ff[1-5]) ' '$T/out'"
+    # --keep: lm-leb passes on fm5/ff5 and lm-decode tokens and fm1..4/ff1..4; the flow the same
+    lm-encode -q --device cpu -w "$ck" "$in" | lm-leb -q -k --device cpu -w "$ck" --llm "$llm" |
+        lm-decode -q --keep --device cpu -w "$ck" -o "$T/kept.lmt"
+    flows "$T/kept.lmt" "$sel" >"$T/c.st"
+    check "$name: --keep gives the same $sel" cmp -s "$T/a.st" "$T/c.st"
+    run lm-info "$T/kept.lmt"
+    check "$name: --keep passes tokens and features on" sh -c "grep -Eq '^ *tokens ' '$T/out' && grep -Eq '^ *fm1 ' '$T/out' && grep -Eq '^ *ff5 ' '$T/out'"
 }
 
 if [ -d "$W" ]; then
     run lm-init --preset tiny --llm "$W" --layers 2,3 --seed 3 -o "$T/ck.safetensors"
     check "lm-init stories260K" [ "$rc" -eq 0 -a -s "$T/ck.safetensors" ]
     pipeline_vs_register "stories260K" "$T/ck.safetensors" "$W" "$T/pre.lmt"
-    cp "$T/piped.lmt" "$T/st_piped.lmt"
+    cp "$T/kept.lmt" "$T/st_kept.lmt"
     run lm-info "$T/reg.lmt"
     check "flow is [1,3,32,32,32] F32" grep -q 'flow .*F32 *\[1,3,32,32,32\]' "$T/out"
     check "two records" [ "$(grep -c '^record' "$T/out")" -eq 2 ]
@@ -116,7 +123,7 @@ if [ -s "$T/ck.safetensors" ]; then
     lm-preprocess -q --pairs "$T/syn64/pairs.tsv" -o "$T/full64.lmt"
     expect_fail "wrong grid" 1 "record 1: image grid \[64,64,64\] is not the network grid" \
         lm-encode -w "$T/ck.safetensors" "$T/full64.lmt" -o "$T/x.lmt"
-    lm-cat -q -d fm3,flow "$T/st_piped.lmt" -o "$T/nofm3.lmt"
+    lm-cat -q -d fm3,flow "$T/st_kept.lmt" -o "$T/nofm3.lmt"
     expect_fail "missing tensor" 1 "record 1: no 'fm3' tensor" lm-decode -w "$T/ck.safetensors" "$T/nofm3.lmt" -o "$T/x.lmt"
     head -c 300 "$T/pre.lmt" >"$T/cut.lmt"
     expect_fail "truncated stream" 1 "truncated" lm-encode -w "$T/ck.safetensors" "$T/cut.lmt" -o "$T/x.lmt"

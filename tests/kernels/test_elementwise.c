@@ -136,7 +136,34 @@ static void t_threads(void)
     kt_free(c.x), kt_free(c.out);
 }
 
+/* lm_backend_alloc_zero: zero however the memory was used before (the CPU hands whole pages back
+ * to the kernel and clears the edges: blocks of odd sizes and offsets, reused from the heap) */
+static void t_alloc_zero(void)
+{
+    lm_backend *be = kt_be();
+    const size_t sizes[] = {4, 4100, (1u << 20) + 12, (3u << 20) + 4096 + 40, 48u << 20};
+    for (int round = 0; round < 3; round++)
+        for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+            size_t nb = sizes[k], n = nb / 4;
+            float *p = lm_backend_alloc(be, nb); /* dirty the heap, then reuse it */
+            LM_CHECK(p != NULL, "alloc %zu", nb);
+            KT_CALL(fill, p, -3.0f, (int64_t)n);
+            lm_backend_free(be, p);
+            float *z = lm_backend_alloc_zero(be, nb);
+            LM_CHECK(z != NULL && ((uintptr_t)z & 63) == 0, "alloc_zero %zu: aligned", nb);
+            size_t bad = 0;
+            for (size_t i = 0; i < n; i++)
+                bad += z[i] != 0.0f || signbit(z[i]);
+            LM_CHECK(bad == 0, "alloc_zero %zu bytes (round %d): %zu non-zero floats", nb, round,
+                     bad);
+            KT_CALL(fill, z, 2.0f, (int64_t)n); /* usable, then freed as any buffer */
+            LM_CHECK(z[0] == 2.0f && z[n - 1] == 2.0f, "alloc_zero %zu: writable", nb);
+            lm_backend_free(be, z);
+        }
+}
+
 static const lm_test_case cases[] = {
+    {"alloc_zero", t_alloc_zero},
     {"arithmetic", t_arith},    {"mul fd", t_mul_fd},
     {"cast", t_cast},           {"reductions", t_reduce},
     {"reductions threads 1 vs 2", t_threads},
