@@ -19,6 +19,7 @@ static const lm_option opts[] = {
     {"config", 'c', "JSON", "model config: a JSON file, or inline JSON starting with '{'"},
     {"llm", 0, "DIR", "Hugging Face model folder whose layers the LEBs use"},
     {"random-llm", 0, "DIR", "write a seeded random LLaMA-shaped folder (64 wide, 5 layers) to DIR"},
+    {"random-shape", 0, "S", "--random-llm's shape: stories260k, llama3 (2 LLaMA-3-8B layers) or D,FFN,LAYERS,HEADS,KV"},
     {"layers", 0, "A,B", "LLM layer ids (default: the two middle ones)"},
     {"shape", 0, "DxHxW", "network grid (multiples of 16)"},
     {"seed", 's', "N", "seed of the initialisation (default 1)"},
@@ -65,7 +66,7 @@ static char *read_file(const char *path)
 int main(int argc, char **argv)
 {
     const char *arg, *out = NULL, *preset = NULL, *cfg = NULL, *llm = NULL, *layers = NULL,
-                     *shape = NULL, *rnd = NULL;
+                     *shape = NULL, *rnd = NULL, *rshape = NULL;
     long seed = 1;
     int c;
     lm_cli_init(argv[0]);
@@ -79,6 +80,8 @@ int main(int argc, char **argv)
             llm = arg;
         else if (!strcmp(o, "random-llm"))
             rnd = arg;
+        else if (!strcmp(o, "random-shape"))
+            rshape = arg;
         else if (!strcmp(o, "layers"))
             layers = arg;
         else if (!strcmp(o, "shape"))
@@ -94,8 +97,21 @@ int main(int argc, char **argv)
     }
     if (optind < argc)
         lm_usage_error("unexpected operand '%s'", argv[optind]);
-    if (rnd) { /* a stand-in LLM: stories260K's shapes, random weights */
-        const lm_llm_random_shape rs = {64, 172, 5, 8, 4, 512};
+    if (rshape && !rnd)
+        lm_usage_error("--random-shape goes with --random-llm DIR");
+    if (rnd) { /* a stand-in LLM: stories260K's shapes (or those asked for), random weights */
+        lm_llm_random_shape rs = {64, 172, 5, 8, 4, 512};
+        if (rshape && !strcmp(rshape, "llama3")) { /* LLaMA-3-8B's layer shapes, 2 layers */
+            rs = (lm_llm_random_shape){4096, 14336, 2, 32, 8, 512};
+        } else if (rshape && strcmp(rshape, "stories260k")) {
+            long v[5];
+            int k = 5;
+            if (lm_parse_long_list(rshape, ',', 1, 65536, v, &k) < 0 || k != 5)
+                lm_usage_error("--random-shape: '%s' is not stories260k, llama3 or "
+                               "D,FFN,LAYERS,HEADS,KV",
+                               rshape);
+            rs = (lm_llm_random_shape){(int)v[0], (int)v[1], (int)v[2], (int)v[3], (int)v[4], 512};
+        }
         if (lm_llm_write_random(rnd, &rs, (uint64_t)seed) < 0)
             lm_die(LM_EXIT_FAIL, "%s", lm_error());
         if (!out)

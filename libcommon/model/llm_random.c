@@ -36,13 +36,14 @@ int lm_llm_write_random(const char *dir, const lm_llm_random_shape *s, uint64_t 
     char path[4096];
     lm_record rec;
     int rc = -1;
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return lm_error_set("%s: %s", dir, strerror(errno));
-    lm_record_init(&rec);
-    const int D = s->hidden, F = s->ffn, nq = s->heads, nkv = s->kv_heads, hd = D / nq;
+    const int D = s->hidden, F = s->ffn, nq = s->heads, nkv = s->kv_heads;
     if (D <= 0 || F <= 0 || nq <= 0 || nkv <= 0 || D % nq || nq % nkv || s->layers <= 0)
         return lm_error_set("random LLM: inconsistent shape (hidden %d, heads %d, kv %d)", D, nq,
                             nkv);
+    const int hd = D / nq;
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return lm_error_set("%s: %s", dir, strerror(errno));
+    lm_record_init(&rec);
     uint64_t stream = 0;
     int err = put(&rec, "model.embed_tokens.weight", s->vocab, D, 0, seed, stream++) < 0 ||
               put(&rec, "model.norm.weight", D, 0, 1, seed, stream++) < 0;

@@ -136,6 +136,11 @@ check "--random-llm has stories260K's tensors" grep -q 'model.layers.4.self_attn
 lm-init --random-llm "$T/rllm2" --seed 7
 check "--random-llm is seeded" cmp -s "$T/rllm/model.safetensors" "$T/rllm2/model.safetensors"
 expect_fail "vit has no RoPE" 1 "no RoPE" lm-init --config '{"ablation":"vit","rope":true}' --llm "$T/rllm" -o "$T/x.safetensors"
+run lm-init -q --random-llm "$T/rllm4" --random-shape 32,48,2,4,2 --seed 2
+check "--random-shape D,FFN,LAYERS,HEADS,KV" sh -c "lm-info -n '$T/rllm4/model.safetensors' | grep -q 'model.layers.1.mlp.down_proj.weight F32  \[32,48\]' && grep -q '\"num_hidden_layers\": 2' '$T/rllm4/config.json'"
+expect_fail "--random-shape without --random-llm" 2 "goes with --random-llm" lm-init --random-shape llama3 -o "$T/x.safetensors"
+expect_fail "--random-shape inconsistent" 1 "inconsistent shape" lm-init --random-llm "$T/rllm5" --random-shape 33,48,2,4,2
+check "--random-shape inconsistent: no folder" [ ! -e "$T/rllm5" ]
 run lm-init -q --preset tiny --random-llm "$T/rllm3" -o "$T/rck.safetensors"
 check "--random-llm with -o makes a checkpoint over it" [ "$rc" -eq 0 -a -s "$T/rck.safetensors" ]
 # the zstd level of the output: LM_ZSTD_LEVEL over the defaults, the same records; a bad value
