@@ -11,12 +11,15 @@
 #      4 abdomen pairs (lm-synth 192x160x192 + lm-preprocess --half), whole commands, best of
 #      RUNS; per-pair ratio, target <= 1.25x. Also the CPU time of both (user+sys of all their
 #      processes), which other load on a shared machine disturbs less than the wall time.
-#      REDUCED: the LLM here is lm-init --random-llm (64 wide, stories260K-shaped), not LLaMA-3
-#      (a 1.7 GB folder per run): the ratio measures the stage/stream overhead around the same
-#      encoder/decoder work.
+#      By default the LLM is REDUCED: lm-init --random-llm (64 wide, stories260K-shaped), so the
+#      ratio measures the stage/stream overhead around the encoder/decoder work alone, the
+#      hardest case for the pipeline. LLM=llama3 uses two random LLaMA-3-8B-shaped layers
+#      (lm-init --random-shape llama3: a 1.7 GB folder written under TMPDIR; each process that
+#      runs the LEBs holds the two layers, ~2 GB): the paper's abdomen config, where both sides
+#      also share the LEBs' work.
 # Needs python3 with torch and transformers for (1) (skipped without them); ~24 GB machine:
 # each side of (1) peaks at ~2-4 GB. THREADS (default: all cores), REPS (3), RUNS (2);
-# PART=1 or PART=2 runs only that part (default: both).
+# PART=1 or PART=2 runs only that part (default: both); LLM=reduced|llama3 for (2).
 set -u
 build=${1:-build}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -55,7 +58,13 @@ fi
 [ "$part" = 1 ] && exit $rc
 "$bin/lm-synth" -q -n 4 --shape 192x160x192 -o "$tmp/syn" || exit 1
 "$bin/lm-preprocess" -q --half --pairs "$tmp/syn/pairs.tsv" -o "$tmp/pairs.lmt" || exit 1
-"$bin/lm-init" -q --preset abdomen --random-llm "$tmp/llm" -o "$tmp/ck.safetensors" || exit 1
+llm_kind=${LLM:-reduced}
+case $llm_kind in
+reduced) rshape=stories260k llm_desc="REDUCED LLM: 64-wide random stories260K-shaped layers, not LLaMA-3" ;;
+llama3) rshape=llama3 llm_desc="2 random LLaMA-3-8B-shaped layers, F32" ;;
+*) echo "bench-net: LLM must be reduced or llama3" >&2; exit 2 ;;
+esac
+"$bin/lm-init" -q --preset abdomen --random-llm "$tmp/llm" --random-shape "$rshape" -o "$tmp/ck.safetensors" || exit 1
 ck=$tmp/ck.safetensors
 secs() { awk -v a="$1" -v b="$2" 'BEGIN{print b-a}'; }
 reg() { "$bin/lm-register" -q --threads "$threads" -w "$ck" -o "$tmp/reg.lmt" "$tmp/pairs.lmt"; }
@@ -89,7 +98,7 @@ for s in encode leb decode; do
     in=$tmp/$s.lmt
 done
 nt() { "$bin/lm-info" "$1" 2>/dev/null | awk '/^record 1 /{sub(/.*, /,""); sub(/ tensors.*/,""); print; exit}'; }
-echo "stage pipeline vs lm-register, 4 abdomen pairs streamed (96x80x96 network input, L=180; REDUCED LLM: 64-wide random stories260K-shaped layers, not LLaMA-3), $threads threads, best of $runs (load average $load at the start):"
+echo "stage pipeline vs lm-register, 4 abdomen pairs streamed (96x80x96 network input, L=180; $llm_desc), $threads threads, best of $runs (load average $load at the start):"
 printf '  lm-register                              %7.2f s/pair  (output %4d MB, %s tensors/record)\n' "$(awk -v t="$best_r" 'BEGIN{print t/4}')" "$(($(stat -c %s "$tmp/reg.lmt") >> 20))" "$(nt "$tmp/reg.lmt")"
 printf '  lm-encode | lm-leb | lm-decode           %7.2f s/pair  (output %4d MB, %s tensors/record)\n' "$(awk -v t="$best_p" 'BEGIN{print t/4}')" "$(($(stat -c %s "$tmp/pipe.lmt") >> 20))" "$(nt "$tmp/pipe.lmt")"
 echo "  stages alone, file to file, per pair:${st%,}"
