@@ -7,13 +7,15 @@
  * NIfTI field and NIfTI outputs that job never builds a record: the volumes stay in the files'
  * order (lm_nifti_map, LM_WARP_NIFTI_ORDER, LM_NII_FILE_ORDER), untransposed and uncopied,
  * and give the record path's files byte for byte.
- * The warps run on the kernel backend (kernels/lm_kernels.h); field conversions are in
- * libcommon/prep.
+ * The record path (warping a record, its NIfTI outputs and their names) is libcommon/warp,
+ * shared with lm-register; the warps run on the kernel backend (kernels/lm_kernels.h); field
+ * conversions are in libcommon/prep.
  */
 #include "cli/lm_cli.h"
 #include "lm_io.h"
 #include "lm_kernels.h"
 #include "prep/lm_prep.h"
+#include "warp/lm_warp.h"
 
 #include <errno.h>
 #include <math.h>
@@ -21,7 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 static const lm_option opts[] = {
@@ -46,298 +47,7 @@ static const lm_cli_spec spec = {
 };
 
 static int labels_linear;
-static lm_backend *be;
-
-/* [1,C,D,H,W] or [C,D,H,W] or [D,H,W] -> C and D,H,W */
-static int vol_dims(const lm_tensor *t, int64_t *C, int64_t dhw[3])
-{
-    if (t->ndim < 3 || t->ndim > 5 || (t->ndim == 5 && t->shape[0] != 1))
-        return -1;
-    *C = t->ndim == 3 ? 1 : t->shape[t->ndim - 4];
-    for (int i = 0; i < 3; i++)
-        dhw[i] = t->shape[t->ndim - 3 + i];
-    return 0;
-}
-
-/* The field (flow or flow_full) whose grid is dhw, or NULL. */
-static const lm_tensor *field_for(const lm_record *rec, const int64_t dhw[3])
-{
-    static const char *names[2] = {"flow_full", "flow"};
-    for (int i = 0; i < 2; i++) {
-        const lm_tensor *f = lm_record_cget(rec, names[i]);
-        int64_t C, d[3];
-        if (f && vol_dims(f, &C, d) == 0 && C == 3 && !memcmp(d, dhw, sizeof d))
-            return f;
-    }
-    return NULL;
-}
-
-/* Whether v[0..n) holds a NaN or an infinity: exponent bits all set, tested in blocks that
- * threads share out (no early exit: the common case is a clean field read once). */
-static int any_nonfinite(const float *v, int64_t n)
-{
-    const uint32_t *u = (const uint32_t *)(const void *)v;
-    int any = 0;
-#pragma omp parallel for schedule(static) reduction(| : any) if (n >= 65536)
-    for (int64_t b = 0; b < n; b += 4096) {
-        const int64_t e = b + 4096 < n ? b + 4096 : n;
-        uint32_t hit = 0;
-#pragma omp simd reduction(| : hit)
-        for (int64_t i = b; i < e; i++)
-            hit |= (u[i] & 0x7f800000u) == 0x7f800000u;
-        any |= hit != 0;
-    }
-    return any;
-}
-
-/* The data of the fields of the record in hand already found finite (reset per record). */
-static const void *checked[2];
-
-static int check_field(const lm_tensor *f)
-{
-    if (f->dtype != LM_F32)
-        return lm_error_set("%s must be F32, not %s", f->name, lm_dtype_name(f->dtype));
-    if (f->data && (f->data == checked[0] || f->data == checked[1]))
-        return 0;
-    const float *v = f->data;
-    const int64_t n = lm_tensor_numel(f);
-    if (any_nonfinite(v, n))
-        for (int64_t i = 0; i < n; i++)
-            if (!isfinite(v[i]))
-                return lm_error_set("%s has a non-finite value at element %lld", f->name,
-                                    (long long)i);
-    checked[checked[0] ? 1 : 0] = f->data;
-    return 0;
-}
-
-/* Runs op on the backend: uploads src and flow, downloads y (the CPU backend's buffers are host
- * memory: the op runs on them in place). */
-static int run_warp(void *y, const void *src, const float *flow, size_t src_bytes,
-                    size_t y_bytes, const lm_warp_args *a, int nearest, lm_dtype dt)
-{
-    if (be->kind == LM_BACKEND_CPU)
-        return nearest ? be->warp_nearest(be, y, src, flow, dt, a)
-                       : be->warp_fwd(be, y, src, flow, a);
-    size_t fbytes = (size_t)3 * (size_t)a->D * (size_t)a->H * (size_t)a->W * sizeof(float);
-    void *bs = lm_backend_alloc(be, src_bytes), *by = lm_backend_alloc(be, y_bytes);
-    float *bf = lm_backend_alloc(be, fbytes);
-    int rc = -1;
-    if (!bs || !by || !bf)
-        goto done;
-    if (lm_backend_upload(be, bs, src, src_bytes) < 0 || lm_backend_upload(be, bf, flow, fbytes) < 0)
-        goto done;
-    rc = nearest ? be->warp_nearest(be, by, bs, bf, dt, a) : be->warp_fwd(be, by, bs, bf, a);
-    if (rc == 0)
-        rc = lm_backend_download(be, y, by, y_bytes);
-done:
-    lm_backend_free(be, bs);
-    lm_backend_free(be, by);
-    lm_backend_free(be, bf);
-    return rc;
-}
-
-static int warp_image(lm_record *rec, const lm_tensor *src)
-{
-    int64_t C, d[3];
-    if (vol_dims(src, &C, d) < 0)
-        return lm_error_set("moving: expected [1,C,D,H,W], got %d dims", src->ndim);
-    const lm_tensor *f = field_for(rec, d);
-    if (!f) {
-        char a[64];
-        return lm_error_set("no flow or flow_full on moving's grid %s",
-                            lm_shape_str(a, sizeof a, 3, d));
-    }
-    if (check_field(f) < 0)
-        return -1;
-    lm_tensor s32 = {0}, out;
-    if (src->dtype != LM_F32 && lm_tensor_convert(&s32, src, LM_F32) < 0)
-        return -1;
-    const lm_tensor *s = src->dtype == LM_F32 ? src : &s32;
-    if (lm_tensor_alloc(&out, "warped", LM_F32, src->ndim, src->shape) < 0) {
-        lm_tensor_free(&s32);
-        return -1;
-    }
-    lm_warp_args a = {(int)C, (int)d[0], (int)d[1], (int)d[2], LM_PAD_ZEROS};
-    int rc = run_warp(out.data, s->data, f->data, s->nbytes, out.nbytes, &a, 0, LM_F32);
-    lm_tensor_free(&s32);
-    if (rc == 0)
-        rc = lm_record_put(rec, &out);
-    lm_tensor_free(&out);
-    return rc;
-}
-
-/* lab = the label map sv warped by flow: nearest, or with --labels-linear one-hot trilinear
- * (MODEL.md §8), one label at a time to bound memory, keeping the running argmax (ties to the
- * earlier label, background 0 first). Voxel by voxel, so a's array order is free. */
-static int warp_label_map(int32_t *lab, const int32_t *sv, const float *flow,
-                          const lm_warp_args *a)
-{
-    const int64_t n = (int64_t)a->D * a->H * a->W;
-    if (!labels_linear)
-        return run_warp(lab, sv, flow, (size_t)n * 4, (size_t)n * 4, a, 1, LM_I32);
-    long ids[4096];
-    int k = lm_labels_present(sv, n, ids, 4096);
-    float *mask = malloc((size_t)n * sizeof *mask), *prob = malloc((size_t)n * sizeof *prob),
-          *best = malloc((size_t)n * sizeof *best);
-    int rc = mask && prob && best && k >= 0 && k <= 4096
-                 ? 0
-                 : lm_error_set("out of memory, or more than 4096 labels");
-    for (int j = -1; rc == 0 && j < k; j++) {
-        int32_t v = j < 0 ? 0 : (int32_t)ids[j];
-        for (int64_t i = 0; i < n; i++)
-            mask[i] = sv[i] == v ? 1.0f : 0.0f;
-        rc = run_warp(prob, mask, flow, (size_t)n * 4, (size_t)n * 4, a, 0, LM_F32);
-        for (int64_t i = 0; rc == 0 && i < n; i++)
-            if (j < 0 || prob[i] > best[i]) {
-                best[i] = prob[i];
-                lab[i] = v;
-            }
-    }
-    free(mask);
-    free(prob);
-    free(best);
-    return rc;
-}
-
-static int warp_labels(lm_record *rec, const lm_tensor *src)
-{
-    int64_t C, d[3];
-    if (vol_dims(src, &C, d) < 0 || C != 1)
-        return lm_error_set("moving_seg: expected a [1,1,D,H,W] label map");
-    if (lm_dtype_is_float(src->dtype))
-        return lm_error_set("moving_seg must be an integer label map, not %s",
-                            lm_dtype_name(src->dtype));
-    const lm_tensor *f = field_for(rec, d);
-    if (!f) {
-        char a[64];
-        return lm_error_set("no flow or flow_full on moving_seg's grid %s",
-                            lm_shape_str(a, sizeof a, 3, d));
-    }
-    if (check_field(f) < 0)
-        return -1;
-    lm_tensor s32 = {0}, o32, out;
-    int rc = -1;
-    if (src->dtype != LM_I32 && lm_tensor_convert(&s32, src, LM_I32) < 0)
-        return -1;
-    const lm_tensor *s = src->dtype == LM_I32 ? src : &s32;
-    if (lm_tensor_alloc(&o32, "warped_seg", LM_I32, src->ndim, src->shape) < 0)
-        goto done0;
-    lm_warp_args a = {1, (int)d[0], (int)d[1], (int)d[2], LM_PAD_ZEROS};
-    rc = warp_label_map(o32.data, s->data, f->data, &a);
-    if (rc == 0 && src->dtype == LM_I32) {
-        rc = lm_record_put(rec, &o32);
-    } else if (rc == 0 && lm_tensor_convert(&out, &o32, src->dtype) == 0) {
-        rc = lm_record_put(rec, &out);
-        lm_tensor_free(&out);
-    } else if (rc == 0) {
-        rc = -1;
-    }
-    lm_tensor_free(&o32);
-done0:
-    lm_tensor_free(&s32);
-    return rc;
-}
-
-/* ---- geometry of outputs ------------------------------------------------------------------ */
-
-/* NIfTI geometry for a tensor of grid dhw: the record's full grid, or its half. */
-static int geom_for(const lm_record *rec, const int64_t dhw[3], lm_nifti_geom *g)
-{
-    double aff[16], full[3];
-    int na = lm_record_meta_doubles(rec, "affine", aff, 16);
-    int nf = lm_record_meta_doubles(rec, "full_shape", full, 3);
-    if (na < 0 || nf < 0)
-        return -1;
-    if (na != 16) {
-        lm_warn("record has no 'affine' metadata: writing an identity 1 mm geometry");
-        double eye[16] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1};
-        memcpy(aff, eye, sizeof aff);
-        for (int i = 0; i < 3; i++)
-            full[i] = (double)dhw[i];
-    } else if (nf != 3) {
-        for (int i = 0; i < 3; i++)
-            full[i] = (double)dhw[i];
-    }
-    lm_grid gr;
-    for (int i = 0; i < 3; i++)
-        gr.dims[i] = (int64_t)full[i];
-    memcpy(gr.affine, aff, sizeof aff);
-    if (dhw[0] * 2 == gr.dims[0] && dhw[1] * 2 == gr.dims[1] && dhw[2] * 2 == gr.dims[2]) {
-        lm_grid h;
-        lm_grid_half(&h, &gr);
-        gr = h;
-    } else if (memcmp(dhw, gr.dims, sizeof gr.dims)) {
-        char a[64], b[64];
-        return lm_error_set("tensor grid %s matches neither full_shape %s nor its half",
-                            lm_shape_str(a, sizeof a, 3, dhw), lm_shape_str(b, sizeof b, 3, gr.dims));
-    }
-    lm_nifti_geom_from_affine(g, gr.affine, gr.dims);
-    return 0;
-}
-
-static int is_dir(const char *p)
-{
-    struct stat st;
-    return p && stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-/* "x.nii.gz" + "_seg" -> "x_seg.nii.gz" */
-static void with_suffix(char *out, size_t cap, const char *path, const char *suffix)
-{
-    size_t n = strlen(path);
-    size_t ext = n > 7 && !strcmp(path + n - 7, ".nii.gz") ? 7 : n > 4 && !strcmp(path + n - 4, ".nii") ? 4 : 0;
-    snprintf(out, cap, "%.*s%s%s", (int)(n - ext), path, suffix, path + n - ext);
-}
-
-static int write_nifti(const lm_record *rec, const char *name, const char *path)
-{
-    const lm_tensor *t = lm_record_cget(rec, name);
-    int64_t C, d[3];
-    lm_nifti_geom g;
-    if (!t)
-        return 0;
-    if (vol_dims(t, &C, d) < 0 || geom_for(rec, d, &g) < 0)
-        return lm_error_prefix("%s", name);
-    lm_tensor v;
-    int64_t shape[4] = {C, d[0], d[1], d[2]};
-    if (lm_tensor_wrap(&v, name, t->dtype, C > 1 ? 4 : 3, C > 1 ? shape : shape + 1, t->data) < 0)
-        return -1;
-    int rc = lm_nifti_write(path, &v, &g, 0);
-    lm_tensor_free(&v);
-    return rc < 0 ? lm_error_prefix("%s", path) : 0;
-}
-
-static int export_field(const lm_record *rec, const char *path)
-{
-    const lm_tensor *f = lm_record_cget(rec, "flow_full");
-    if (!f)
-        f = lm_record_cget(rec, "flow");
-    if (!f)
-        return lm_error_set("no flow or flow_full to export");
-    int64_t C, d[3];
-    lm_nifti_geom g;
-    if (vol_dims(f, &C, d) < 0 || C != 3)
-        return lm_error_set("%s: expected [1,3,D,H,W]", f->name);
-    if (check_field(f) < 0 || geom_for(rec, d, &g) < 0)
-        return -1;
-    int64_t shape[4] = {3, d[0], d[1], d[2]};
-    lm_tensor mm;
-    if (lm_tensor_alloc(&mm, "field", LM_F32, 4, shape) < 0)
-        return -1;
-    lm_field_vox_to_lps_mm(mm.data, f->data, d[0] * d[1] * d[2], g.affine);
-    int rc = lm_nifti_write(path, &mm, &g, LM_NII_VECTOR);
-    lm_tensor_free(&mm);
-    return rc < 0 ? lm_error_prefix("%s", path) : 0;
-}
-
-static const char *pair_name(const lm_record *rec, long idx, char *buf, size_t cap)
-{
-    const char *p = lm_record_meta_get(rec, "pair");
-    if (p && *p && !strchr(p, '/'))
-        return p;
-    snprintf(buf, cap, "pair%04ld", idx);
-    return buf;
-}
+static lm_warper warper; /* the record path (libcommon/warp), on the CPU backend */
 
 /* ---- standalone input --------------------------------------------------------------------- */
 
@@ -418,9 +128,9 @@ static int load_field(const char *path, lm_tensor *flow, lm_nifti_geom *g, int *
     free(flow->name);
     flow->name = strdup("flow");
     int64_t C, d[3];
-    vol_dims(flow, &C, d);
+    lm_warp_vol_dims(flow, &C, d);
     if (lm_record_meta_get(&rec, "affine")) { /* its own grid: full, or half of full_shape */
-        if (geom_for(&rec, d, g) < 0) {
+        if (lm_warp_geom_for(&rec, d, g) < 0) {
             lm_record_free(&rec);
             lm_tensor_free(flow);
             return lm_error_prefix("%s", path);
@@ -530,7 +240,7 @@ static int map_field(const char *path, lm_nifti_mapped *m, lm_nifti_geom *g, flo
 static int check_field_nifti_order(const float *v, const int64_t d[3])
 {
     const int64_t D = d[0], H = d[1], W = d[2], N = D * H * W;
-    if (!any_nonfinite(v, 3 * N))
+    if (!lm_warp_any_nonfinite(v, 3 * N))
         return 0;
     int64_t first = -1;
     for (int64_t f = 0; f < 3 * N; f++)
@@ -612,22 +322,22 @@ static int standalone_files(const char *field, const char *moving, const char *s
         lm_error_set("out of memory");
         goto done;
     }
-    if (be->warp_fwd(be, y, mm.t.data, flow, &a) < 0 ||
-        (seg && warp_label_map(ys, sm.t.data, flow, &a) < 0))
+    if (warper.be->warp_fwd(warper.be, y, mm.t.data, flow, &a) < 0 ||
+        (seg && lm_warp_label_map(&warper, ys, sm.t.data, flow, &a) < 0))
         goto done;
-    if (geom_for(&meta, d, &go) < 0) {
+    if (lm_warp_geom_for(&meta, d, &go) < 0) {
         lm_error_prefix("warped");
         goto done;
     }
     if (write_file_order(out, y, LM_F32, 1, d, &go, 0) < 0)
         goto done;
-    with_suffix(name, sizeof name, out, "_seg");
+    lm_warp_with_suffix(name, sizeof name, out, "_seg");
     if (seg && write_file_order(name, ys, LM_I32, 1, d, &go, 0) < 0)
         goto done;
     if (exp) {
         if (exp_dir)
             snprintf(name, sizeof name, "%s/%s_field.nii.gz", exp,
-                     pair_name(&meta, 1, tmp, sizeof tmp));
+                     lm_warp_pair_name(&meta, 1, tmp, sizeof tmp));
         else
             snprintf(name, sizeof name, "%s", exp);
         if (!(mmf = vol_alloc((size_t)(3 * n) * sizeof *mmf))) {
@@ -655,18 +365,10 @@ done:
 
 static int process(lm_record *rec, int argc, char **argv)
 {
-    const lm_tensor *m = lm_record_cget(rec, "moving"), *s = lm_record_cget(rec, "moving_seg");
-    checked[0] = checked[1] = NULL;
-    if (!m && !s)
-        return lm_error_set("no moving or moving_seg to warp");
-    if (m && warp_image(rec, m) < 0)
-        return -1;
-    s = lm_record_cget(rec, "moving_seg"); /* the table may have moved */
-    if (s && warp_labels(rec, s) < 0)
+    if (lm_warp_record(&warper, rec) < 0)
         return -1;
     return lm_record_add_history(rec, argc, argv);
 }
-
 
 int main(int argc, char **argv)
 {
@@ -697,11 +399,15 @@ int main(int argc, char **argv)
         lm_usage_error(field ? "--flow needs exactly one MOVING image" : "at most one STREAM");
     if (seg && !field)
         lm_usage_error("--seg is for the standalone mode (with --flow)");
-    be = lm_backend_cpu();
-    int nifti_out = out && lm_nifti_is_name(out), dir_out = is_dir(out);
-    int exp_dir = is_dir(exp);
+    lm_warper_init(&warper, lm_backend_cpu(), labels_linear);
+    int nifti_out = out && lm_nifti_is_name(out), dir_out = lm_warp_is_dir(out);
+    int exp_dir = lm_warp_is_dir(exp);
     if (exp && !exp_dir && !lm_nifti_is_name(exp))
         lm_usage_error("--export-field: '%s' is neither a directory nor a .nii/.nii.gz name", exp);
+    lm_warp_out *wo = NULL;
+    if (!field || !nifti_out || !lm_nifti_is_name(field)) /* the record path's outputs */
+        if (!(wo = lm_warp_out_open(out, exp, 0)))
+            lm_die(LM_EXIT_FAIL, "%s", lm_error());
     lm_writer *w = NULL;
     if (!nifti_out && !dir_out && !(w = lm_writer_open(out, flags)))
         lm_die_error(out ? out : "stdout");
@@ -713,12 +419,9 @@ int main(int argc, char **argv)
     char msg[1200];
     const char *where = field ? "" : lm_reader_name(r);
     long n = 0;
-    int single = nifti_out || (exp && !exp_dir); /* one record only */
-    char **seen = NULL;                          /* pair ids written into directories */
-    long nseen = 0;
     lm_progress prog;
     lm_progress_start(&prog, "warping", 0, "pairs");
-    if (field && nifti_out && lm_nifti_is_name(field)) { /* NIfTI in and out: no record */
+    if (!wo) { /* NIfTI in and out: no record */
         if (standalone_files(field, argv[optind], seg, out, exp, exp_dir) < 0)
             lm_die(LM_EXIT_FAIL, "%s", lm_error());
         lm_progress_update(&prog, 1);
@@ -729,16 +432,13 @@ int main(int argc, char **argv)
     int rc = field ? (standalone(&rec, field, argv[optind], seg) == 0 ? 1 : -1)
                    : lm_reader_next(r, &rec);
     while (rc > 0) {
-        char base[1024], name[1100], tmp[64];
         n++;
-        if (single && !field) { /* refuse before writing anything */
+        if (lm_warp_out_single(wo) && !field) { /* refuse before writing anything */
             lm_record next;
             int more = lm_reader_next(r, &next);
             if (more > 0) {
                 lm_record_free(&next);
-                rc = lm_error_set("%s names one NIfTI file but the stream has several records "
-                                  "(give a directory)",
-                                  nifti_out ? "-o" : "--export-field");
+                rc = lm_warp_out_too_many(wo, "the stream has several records");
                 break;
             }
             if (more < 0) {
@@ -750,62 +450,30 @@ int main(int argc, char **argv)
             rc = field ? -1 : lm_error_prefix("record %ld", n);
             break;
         }
-        const char *id = pair_name(&rec, n, tmp, sizeof tmp);
-        if (dir_out || exp_dir) {
-            for (long i = 0; i < nseen; i++)
-                if (!strcmp(seen[i], id)) {
-                    rc = lm_error_set("record %ld: pair id '%s' appears twice; its files would "
-                                      "overwrite each other", n, id);
-                    break;
-                }
-            if (rc < 0)
-                break;
-            char **ns = realloc(seen, (size_t)(nseen + 1) * sizeof *seen);
-            if (!ns || !(ns[nseen] = strdup(id))) {
-                seen = ns ? ns : seen;
-                rc = lm_error_set("out of memory");
-                break;
-            }
-            seen = ns;
-            nseen++;
+        if (lm_warp_out_images(wo, &rec, n) < 0) {
+            rc = -1;
+            break;
         }
-        if (nifti_out || dir_out) {
-            if (nifti_out)
-                snprintf(base, sizeof base, "%s", out);
-            else
-                snprintf(base, sizeof base, "%s/%s_warped.nii.gz", out, id);
-            with_suffix(name, sizeof name, base, "_seg");
-            if (write_nifti(&rec, "warped", base) < 0 || write_nifti(&rec, "warped_seg", name) < 0) {
-                rc = -1;
-                break;
-            }
-        } else if (lm_writer_put(w, &rec) < 0) {
+        if (w && lm_writer_put(w, &rec) < 0) {
             rc = lm_error_prefix("%s", lm_writer_name(w));
             break;
         }
-        if (exp) {
-            if (exp_dir)
-                snprintf(name, sizeof name, "%s/%s_field.nii.gz", exp, id);
-            else
-                snprintf(name, sizeof name, "%s", exp);
-            if (export_field(&rec, name) < 0) {
-                rc = -1;
-                break;
-            }
+        if (lm_warp_out_field(wo, &warper, &rec, n) < 0) {
+            rc = -1;
+            break;
         }
         lm_record_free(&rec);
         lm_progress_update(&prog, n);
         rc = field ? 0 : lm_reader_next(r, &rec);
     }
-    for (long i = 0; i < nseen; i++)
-        free(seen[i]);
-    free(seen);
     if (rc < 0) {
         snprintf(msg, sizeof msg, "%s%s%s", where, *where ? ": " : "", lm_error());
+        lm_warp_out_abort(wo);
         lm_writer_abort(w);
         lm_reader_close(r);
         lm_die(LM_EXIT_FAIL, "%s", msg);
     }
+    lm_warp_out_commit(wo); /* nothing staged: frees it */
     lm_progress_end(&prog);
     lm_reader_close(r);
     if (w && lm_writer_commit(w) < 0)

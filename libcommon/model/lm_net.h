@@ -245,16 +245,25 @@ typedef int (*lm_net_stage_fn)(lm_net *n, lm_record *rec);
  * Exits with the program's status on errors. */
 int lm_net_tool_main(int argc, char **argv, const char *synopsis, const char *summary,
                      lm_net_stage_fn stage, const char *what, int with_llm);
-/* lm-register's NIfTI mode (net_register.c). lm_net_prep_defaults: the preprocessing a
+/* lm-register's own loops (net_register.c). lm_net_prep_defaults: the preprocessing a
  * checkpoint needs — half from the config (a --half the config does not have is an error) and,
  * when no --shape/--like/--crop-pad was given, the config's full grid over the fixed image's
  * field of view. lm_net_register_pairs: every pair read and preprocessed as lm-preprocess does,
- * registered (lm_net_stage_register), the command in the history, written to the stream `out` (NULL:
- * stdout; a file appears only when every pair succeeded); *count = pairs written. */
+ * registered (lm_net_stage_register), the command in the history, written to the stream `out`
+ * (NULL: stdout; a file appears only when every pair succeeded), or, when wo is not NULL
+ * (lm_warp_out_open(..., LM_WARP_OUT_STAGED), warp/lm_warp.h), warped as lm-warp does on the
+ * CPU backend (one-hot labels with labels_linear) and written to wo's NIfTI files, which
+ * appear only when every pair succeeded; *count = pairs done. lm_net_register_warp: the same
+ * for the records of the stream `in` ("-" or NULL: stdin) to wo's NIfTI files, a second record
+ * refused before the network runs when wo takes one (errors "INPUT: record N: reason").
+ * Both commit or abort wo. */
+struct lm_warp_out;
 int lm_net_prep_defaults(const lm_net *n, lm_prep_opts *po);
 int lm_net_register_pairs(lm_net *n, const lm_prep_opts *po, const lm_prep_pair *pairs,
-                          int npairs, const char *out, int wflags, int argc, char **argv,
-                          long *count);
+                          int npairs, const char *out, int wflags, struct lm_warp_out *wo,
+                          int labels_linear, int argc, char **argv, long *count);
+int lm_net_register_warp(lm_net *n, const char *in, struct lm_warp_out *wo, int labels_linear,
+                         long *count);
 /* The loop of a stage program: every record of the stream `in` ("-" or NULL: stdin) through
  * stage (one of the four above), the tensors it consumes dropped unless `keep` (lm-leb: fm5,
  * ff5; lm-decode: tokens, fm1..4, ff1..4; images, labels and the rest always pass), history

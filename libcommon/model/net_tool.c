@@ -1,6 +1,7 @@
 /* net_tool.c — the one main() of the network's stage programs (lm-encode, lm-leb, lm-decode,
  * lm-register): common options, the backend, weights loaded once, the LLM layers attached when
- * the stage runs them, and the record loop (lm_net_stream). Each program only names its stage.
+ * the stage runs them, and the record loop (lm_net_stream; lm-register's NIfTI input and output
+ * loops are in net_register.c). Each program only names its stage.
  */
 #include "lm_net.h"
 
@@ -8,6 +9,7 @@
 #include "io/lm_nifti.h"
 #include "io/lm_stream.h"
 #include "lm_kernels.h"
+#include "warp/lm_warp.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -15,8 +17,9 @@
 #include <unistd.h>
 
 #define COMMON_TAIL                                                                               \
-    {"output", 'o', "FILE", "write the stream to FILE (default: standard output)"},              \
-        {"force", 'f', NULL, "write binary data even to a terminal"},                            \
+    {"output", 'o', "FILE", "write the stream to FILE (default: standard output)"}, COMMON_REST
+#define COMMON_REST                                                                               \
+    {"force", 'f', NULL, "write binary data even to a terminal"},                                 \
         {"device", 0, "DEV", "cpu, cuda or cuda:N (default: $LM_DEVICE, else a GPU if any)"},    \
         {"threads", 0, "N", "CPU threads (default: all)"},                                        \
         {"quiet", 'q', NULL, "no progress messages"}, {"verbose", 'v', NULL, "more messages"},    \
@@ -30,14 +33,17 @@ static const lm_option opts_llm[] = {
     KEEP_ROW,
     COMMON_TAIL,
 };
-/* lm-register: the stream options plus NIfTI input (net_register.c) */
+/* lm-register: the stream options plus NIfTI input and output (net_register.c) */
 static const lm_option opts_register[] = {
     {"weights", 'w', "CKPT", "network checkpoint (.safetensors; required)"},
     {"llm", 0, "DIR", "Hugging Face model folder (default: the one the checkpoint names)"},
     {"pairs", 'p', "LIST", "NIfTI mode: TSV of pairs (moving, fixed[, moving_seg, fixed_seg[, id]])"},
     {"pair", 0, "ID", "NIfTI mode: pair id of the operands (default: the moving file's name)"},
     LM_PREP_OPTION_ROWS,
-    COMMON_TAIL,
+    {"output", 'o', "PATH", "stream file (default stdout), or a .nii/.nii.gz name or a directory"},
+    {"labels-linear", 'L', NULL, "NIfTI -o: warp labels as one-hot maps (trilinear), then argmax"},
+    {"export-field", 'e', "PATH", "NIfTI -o: also the field as ITK/ANTs NIfTI (mm; file or directory)"},
+    COMMON_REST,
 };
 static const lm_option opts_decode[] = {
     {"weights", 'w', "CKPT", "network checkpoint (.safetensors; required)"},
@@ -60,9 +66,9 @@ int lm_net_tool_main(int argc, char **argv, const char *synopsis, const char *su
     const lm_cli_spec spec = {synopsis, summary, opts,
                               "Exit status: 0 success, 1 bad input or failed write, 2 usage error."};
     const char *arg, *out = NULL, *ckpt = NULL, *dev = NULL, *llm = NULL, *list = NULL,
-               *pair_id = NULL;
+               *pair_id = NULL, *exp = NULL;
     lm_prep_opts po;
-    int prep_given = 0;
+    int prep_given = 0, labels_linear = 0;
     int flags = 0, keep = 0, c;
     long threads = 0;
     lm_cli_init(argv[0]);
@@ -83,6 +89,10 @@ int lm_net_tool_main(int argc, char **argv, const char *synopsis, const char *su
             keep = 1;
         else if (!strcmp(o, "output"))
             out = arg;
+        else if (!strcmp(o, "labels-linear"))
+            labels_linear = 1;
+        else if (!strcmp(o, "export-field"))
+            exp = arg;
         else if (!strcmp(o, "force"))
             flags |= LM_W_FORCE;
         else if (!strcmp(o, "device"))
@@ -133,6 +143,25 @@ int lm_net_tool_main(int argc, char **argv, const char *synopsis, const char *su
                 if (pairs[p].f[i] && access(pairs[p].f[i], R_OK) != 0)
                     lm_die(LM_EXIT_FAIL, "%s: %s", pairs[p].f[i], strerror(errno));
     }
+    /* lm-register's NIfTI output: -o a .nii/.nii.gz name or a directory (as lm-warp) */
+    lm_warp_out *wo = NULL;
+    if (reg && out && (lm_nifti_is_name(out) || lm_warp_is_dir(out))) {
+        if (exp && !lm_warp_is_dir(exp) && !lm_nifti_is_name(exp))
+            lm_usage_error("--export-field: '%s' is neither a directory nor a .nii/.nii.gz name",
+                           exp);
+        if (!(wo = lm_warp_out_open(out, exp, LM_WARP_OUT_STAGED)))
+            lm_die(LM_EXIT_FAIL, "%s", lm_error());
+        if (nifti && npairs > 1 && lm_warp_out_single(wo)) {
+            char why[64];
+            snprintf(why, sizeof why, "there are %d pairs", npairs);
+            lm_warp_out_too_many(wo, why);
+            lm_warp_out_abort(wo);
+            lm_die(LM_EXIT_FAIL, "%s", lm_error());
+        }
+    } else if (exp || labels_linear) {
+        lm_usage_error("%s is for NIfTI output (-o FILE.nii[.gz] or -o DIR)",
+                       exp ? "--export-field" : "--labels-linear");
+    }
     lm_backend *be = lm_net_backend_open(dev);
     if (!be)
         lm_die(LM_EXIT_FAIL, "%s", lm_error());
@@ -160,7 +189,12 @@ int lm_net_tool_main(int argc, char **argv, const char *synopsis, const char *su
     if (nifti) {
         if (lm_net_prep_defaults(n, &po) < 0)
             lm_usage_error("%s", lm_error());
-        if (lm_net_register_pairs(n, &po, pairs, npairs, out, flags, argc, argv, &count) < 0)
+        if (lm_net_register_pairs(n, &po, pairs, npairs, out, flags, wo, labels_linear, argc,
+                                  argv, &count) < 0)
+            lm_die(LM_EXIT_FAIL, "%s", lm_error());
+    } else if (wo) {
+        if (lm_net_register_warp(n, optind < argc ? argv[optind] : "-", wo, labels_linear,
+                                 &count) < 0)
             lm_die(LM_EXIT_FAIL, "%s", lm_error());
     } else if (lm_net_stream(n, stage, optind < argc ? argv[optind] : "-", out, flags, keep, argc,
                              argv, what, &count) < 0)
