@@ -1,5 +1,13 @@
-/* conv3d.c — 3-D convolution, kernel 3, padding 1, stride 1 or 2, batch 1, NCDHW, on the CPU,
- * through OpenBLAS sgemm. The forward has two forms, chosen by the shape alone:
+/* conv3d.c — 3-D convolution, kernel 3, padding 1, stride 1 or 2, batch 1, NCDHW, on the CPU.
+ * Where the CPU has AVX2 and FMA the forward is direct, but for stride 1 with many input
+ * channels over large planes (direct_use): register micro-tiles of output channels × voxels
+ * over input planes copied into a padded (stride 1) or phase-split (stride 2) layout, every
+ * output element one thread's FMA chains in a fixed order (fwd_direct, below). Through OpenBLAS
+ * the small, strided and few-channel layers of the abdomen network ran at 5-35% of the
+ * machine's sgemm peak: OpenMP fork/join and waits around many small sgemm calls, im2col
+ * copies, N = Cout of 3..32. Otherwise, or with LM_CONV_BLAS=1 in the environment (tests
+ * compare the two), the forward goes through OpenBLAS sgemm in one of two forms, chosen by the
+ * shape alone:
  *   - stride 1 with Cin >= PLANES_MIN_CIN (the decoder): one GEMM per output plane with the
  *     nine in-plane taps as its rows and (depth tap, input channel) as its inner dimension, read
  *     from a ring of copied input planes, then a shift-and-add of the nine taps (fwd_s1_planes);
@@ -15,7 +23,13 @@
 #include "cpu.h"
 
 #include <cblas.h>
+#include <stdlib.h>
 #include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CONV_HAVE_AVX2 1
+#endif
 
 /* Target size of one column buffer; the chunk of output planes is derived from the shape
  * alone (never from the thread count). */
@@ -320,6 +334,334 @@ static int fwd_s1_planes(float *y, const float *x, const float *w, const float *
     return failed ? -1 : 0;
 }
 
+#ifdef CONV_HAVE_AVX2
+/* ---- The direct AVX2 forward --------------------------------------------------------------
+ * Every output element is bias plus FMA chains over its taps in a fixed order (kd, ci, kh, kw;
+ * the taps that read planes outside the grid left out), computed in registers: no column
+ * matrix, no GEMM library call. The input planes an output plane reads are first copied, per
+ * thread, into "prepared" planes whose layout makes every tap a fixed offset from the output
+ * position:
+ *   stride 1: each plane padded by one zero row/column on every side, rows Wp floats apart;
+ *   stride 2: each plane split into its four (row parity, column parity) phases, each with a
+ *            leading zero row and column (the odd phases hold x[2j-1] at j), rows Wp apart;
+ * so with q = yo·Wp + xo, tap j reads ring[xo[j] + q] for every output voxel of the plane,
+ * and consecutive q are consecutive floats (positions with xo >= Wo are computed and thrown
+ * away). A micro-tile is mr output channels (weights broadcast) by nv vectors of 8 consecutive
+ * q; the taps go in blocks of CONV_KC, each block for all the channels before the next (the
+ * tile's inputs then stay in L1), and each block's FMA chain is added to the sum of the
+ * blocks before it (one chain over all Cin·27 taps rounds too much for the tests at Cin = 40).
+ * Each tap also prefetches the next tile's inputs in its row. Wide rows (Wo >= 16) are tiled
+ * row by row, narrow ones as one run over the plane. Threads take output planes; a thread
+ * keeps the last three input planes it prepared in a ring. Below CONV_PAR_FLOPS one thread
+ * does it all: there a second one cost more than it saved, in wall-clock time, on the 2-core
+ * machine the benchmarks run on (fork, join, and a team that the machine's other work
+ * deschedules: at 16->32 24x20x24 s2, 40 MFLOP, 0.7-1.0 ms with one thread against 1.4-1.7 ms
+ * with two). */
+#define CONV_MR 4  /* most output channels in a micro-tile */
+#define CONV_KC 96 /* taps per block */
+#define CONV_PAR_FLOPS (1 << 26)
+
+typedef struct {
+    const geom *g;
+    const float *x, *b;
+    float *w; /* the weights by blocks of mr channels: [co0·Cin·27 + k·mr + m] for tap
+               * k = (kd·Cin + ci)·9 + kh·3 + kw */
+    float *y;
+    int *off;       /* [Cin·9] offset of tap (ci, kh, kw) in a prepared slot */
+    int64_t Wp;     /* row pitch of a prepared plane (and of q) */
+    int64_t PH;     /* stride 2: floats per phase */
+    int64_t PS;     /* floats per channel of a prepared plane, slack included */
+    int64_t Q;      /* q range of an output plane: (Ho-1)·Wp + Wo */
+    int mr, nv, nw; /* micro-tile: mr output channels by nv vectors (nw = 8·nv voxels) */
+    int rowwise;
+} dctx;
+
+/* For the ntl tiles s of 8·NV voxels (out, in and xq + 8·NV·s) and the nb blocks i of MR
+ * channels (out + i·MR·ldo, in + i·MR·ldi, b + i·MR, w + i·MR·K27), out[m·ldo + 8j + l] =
+ * in[m·ldi + 8j + l] + c (in given) or c, where c is the FMA chain init +
+ * Σ_{t in [t0,t1)} w[t·MR + m]·xq[xo[t] + 8j + l] in order, init = b[m] (b given) or 0. The NV
+ * vectors of x are loaded first, then each weight broadcast; where that needs more than the 16
+ * vector registers, the MR weights first, then each vector. */
+#define CONV_UKR(MR, NV)                                                                           \
+    __attribute__((target("avx2,fma"))) static void conv_ukr##MR##_##NV(                           \
+        float *out, int64_t ldo, const float *in, int64_t ldi, const float *b, const float *xq,    \
+        const int *xo, int t0, int t1, const float *w, int64_t K27, int nb, int ntl)               \
+    {                                                                                              \
+        for (int i = 0; i < nb * ntl; i++) {                                                       \
+            const int s = i / nb, ib = i - s * nb;                                                 \
+            float *o = out + MR * ib * ldo + 8 * NV * s;                                           \
+            const float *a = in ? in + MR * ib * ldi + 8 * NV * s : NULL;                          \
+            const float *xs = xq + 8 * NV * s;                                                     \
+            __m256 acc[MR][NV];                                                                    \
+            _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++)                                   \
+            {                                                                                      \
+                const __m256 v = _mm256_set1_ps(b ? b[MR * ib + m] : 0.0f);                        \
+                _Pragma("GCC unroll 8") for (int j = 0; j < NV; j++) acc[m][j] = v;                \
+            }                                                                                      \
+            const float *wi = w + MR * ib * K27;                                                   \
+            for (int t = t0; t < t1; t++) {                                                        \
+                const float *p = xs + xo[t], *wt = wi + (int64_t)t * MR;                           \
+                _mm_prefetch((const char *)(p + 8 * NV + 16), _MM_HINT_T0);                        \
+                if (MR * NV + NV + 1 <= 16) {                                                      \
+                    __m256 xv[NV];                                                                 \
+                    _Pragma("GCC unroll 8") for (int j = 0; j < NV; j++) xv[j] =                   \
+                        _mm256_loadu_ps(p + 8 * j);                                                \
+                    _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++)                           \
+                    {                                                                              \
+                        const __m256 wv = _mm256_broadcast_ss(wt + m);                             \
+                        _Pragma("GCC unroll 8") for (int j = 0; j < NV; j++) acc[m][j] =           \
+                            _mm256_fmadd_ps(wv, xv[j], acc[m][j]);                                 \
+                    }                                                                              \
+                } else {                                                                           \
+                    __m256 wv[MR];                                                                 \
+                    _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++) wv[m] =                   \
+                        _mm256_broadcast_ss(wt + m);                                               \
+                    _Pragma("GCC unroll 8") for (int j = 0; j < NV; j++)                           \
+                    {                                                                              \
+                        const __m256 xv = _mm256_loadu_ps(p + 8 * j);                              \
+                        _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++) acc[m][j] =           \
+                            _mm256_fmadd_ps(wv[m], xv, acc[m][j]);                                 \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+            _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++)                                   \
+                _Pragma("GCC unroll 8") for (int j = 0; j < NV; j++) _mm256_storeu_ps(             \
+                    o + m * ldo + 8 * j,                                                           \
+                    a ? _mm256_add_ps(_mm256_loadu_ps(a + m * ldi + 8 * j), acc[m][j])             \
+                      : acc[m][j]);                                                                \
+        }                                                                                          \
+    }
+CONV_UKR(1, 3)
+CONV_UKR(2, 3)
+CONV_UKR(3, 3)
+CONV_UKR(4, 3)
+CONV_UKR(1, 4)
+CONV_UKR(2, 4)
+CONV_UKR(3, 4)
+
+typedef void conv_ukr_fn(float *, int64_t, const float *, int64_t, const float *, const float *,
+                         const int *, int, int, const float *, int64_t, int, int);
+/* [nv - 3][mr - 1] */
+static conv_ukr_fn *const conv_ukrs[2][CONV_MR] = {
+    {conv_ukr1_3, conv_ukr2_3, conv_ukr3_3, conv_ukr4_3}, {conv_ukr1_4, conv_ukr2_4, conv_ukr3_4}};
+
+/* input plane zi of every channel into a prepared slot (only the data positions are written:
+ * the zero borders were set once) */
+__attribute__((target("avx2,fma"))) static void direct_prepare(float *slot, const dctx *c,
+                                                               int64_t zi)
+{
+    const geom *g = c->g;
+    const int64_t H = g->H, W = g->W, Wp = c->Wp, PH = c->PH;
+    for (int64_t ci = 0; ci < g->Cin; ci++) {
+        const float *src = c->x + (ci * g->D + zi) * H * W;
+        float *dst = slot + ci * c->PS;
+        if (g->s == 1) {
+            for (int64_t yi = 0; yi < H; yi++)
+                memcpy(dst + (yi + 1) * Wp + 1, src + yi * W, (size_t)W * sizeof *dst);
+            continue;
+        }
+        for (int64_t yi = 0; yi < H; yi++) {
+            /* row yi is row (yi+1)/2 of the odd phases or yi/2 of the even ones; column 2i
+             * goes to the even phase at i, 2i+1 to the odd one at i+1 */
+            const int64_t py = yi & 1, jy = (yi + py) / 2;
+            float *de = dst + (2 * py) * PH + jy * Wp, *dodd = de + PH + 1;
+            const float *sr = src + yi * W;
+            int64_t i = 0;
+            for (; 2 * i + 16 <= W; i += 8) {
+                const __m256 a = _mm256_loadu_ps(sr + 2 * i), b = _mm256_loadu_ps(sr + 2 * i + 8);
+                const __m256 e = _mm256_shuffle_ps(a, b, 0x88), o = _mm256_shuffle_ps(a, b, 0xDD);
+                _mm256_storeu_ps(
+                    de + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8)));
+                _mm256_storeu_ps(
+                    dodd + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xD8)));
+            }
+            for (; 2 * i < W; i++) {
+                de[i] = sr[2 * i];
+                if (2 * i + 1 < W)
+                    dodd[i] = sr[2 * i + 1];
+            }
+        }
+    }
+}
+
+/* output plane zo, all channels; xo: this thread's tap offsets (Cin·27), acc: its
+ * Cout·nw partial sums */
+__attribute__((target("avx2,fma"))) static void direct_plane(const dctx *c, int64_t zo, float *ring,
+                                                             int64_t tags[3], int *xo, float *acc)
+{
+    const geom *g = c->g;
+    const int64_t nout = g->Do * g->P, Wo = g->Wo, Wp = c->Wp, K27 = (int64_t)g->Cin * 27;
+    int64_t so[3];
+    int kd0 = 3, kd1 = 0; /* the planes inside the grid */
+    for (int kd = 0; kd < 3; kd++) {
+        const int64_t zi = zo * g->s - 1 + kd;
+        if (zi < 0 || zi >= g->D)
+            continue;
+        so[kd] = zi % 3 * g->Cin * c->PS;
+        if (tags[zi % 3] != zi) {
+            direct_prepare(ring + so[kd], c, zi);
+            tags[zi % 3] = zi;
+        }
+        kd0 = kd < kd0 ? kd : kd0;
+        kd1 = kd + 1;
+    }
+    /* the taps k = (kd·Cin + ci)·9 + kh·3 + kw, those of the planes inside: [k0, k1) */
+    const int nk = g->Cin * 9, k0 = kd0 * nk, k1 = kd1 * nk;
+    for (int kd = kd0; kd < kd1; kd++)
+        for (int i = 0; i < nk; i++)
+            xo[kd * nk + i] = (int)so[kd] + c->off[i];
+    float *yz = c->y + zo * g->P;
+    const int NW = c->nw;
+    conv_ukr_fn *const *ukr = conv_ukrs[c->nv - 3];
+    const int64_t nrow = c->rowwise ? g->Ho : 1, rlen = c->rowwise ? Wo : c->Q;
+    for (int64_t r = 0; r < nrow; r++) {
+        int64_t x0 = 0;
+        if (c->rowwise && k1 - k0 <= CONV_KC && Wo >= NW) {
+            /* one block of taps: the row's full tiles in one call per group of blocks */
+            for (int co0 = 0; co0 < g->Cout;) {
+                const int mr = g->Cout - co0 < c->mr ? g->Cout - co0 : c->mr;
+                const int nb = mr < c->mr ? 1 : (g->Cout - co0) / mr;
+                ukr[mr - 1](yz + co0 * nout + r * Wo, nout, NULL, NW, c->b ? c->b + co0 : NULL,
+                            ring + r * Wp, xo, k0, k1, c->w + co0 * K27, K27, nb, (int)(Wo / NW));
+                co0 += nb * mr;
+            }
+            x0 = Wo / NW * NW;
+        }
+        for (; x0 < rlen; x0 += NW) {
+            const int64_t q = r * Wp + x0;
+            const int direct = c->rowwise && x0 + NW <= Wo;
+            for (int t0 = k0; t0 < k1; t0 += CONV_KC) {
+                const int t1 = k1 - t0 < CONV_KC ? k1 : t0 + CONV_KC, last = t1 == k1;
+                /* the full blocks of mr channels in one call, then the rest */
+                for (int co0 = 0; co0 < g->Cout;) {
+                    const int mr = g->Cout - co0 < c->mr ? g->Cout - co0 : c->mr;
+                    const int nb = mr < c->mr ? 1 : (g->Cout - co0) / mr;
+                    float *a = acc + co0 * NW;
+                    ukr[mr - 1](last && direct ? yz + co0 * nout + r * Wo + x0 : a,
+                                last && direct ? nout : NW, t0 > k0 ? a : NULL, NW,
+                                c->b && t0 == k0 ? c->b + co0 : NULL, ring + q, xo, t0, t1,
+                                c->w + co0 * K27, K27, nb, 1);
+                    co0 += nb * mr;
+                }
+            }
+            if (direct)
+                continue;
+            /* the lanes q .. q+NW-1 that are output voxels, a run per output row */
+            for (int64_t l = 0; l < NW;) {
+                const int64_t ql = q + l, yo = ql / Wp, xl = ql % Wp;
+                if (yo >= g->Ho)
+                    break;
+                int64_t n = Wo - xl; /* valid lanes from here in this row */
+                if (n <= 0) {
+                    l += Wp - xl;
+                    continue;
+                }
+                if (n > NW - l)
+                    n = NW - l;
+                for (int co = 0; co < g->Cout; co++)
+                    memcpy(yz + co * nout + yo * Wo + xl, acc + co * NW + l,
+                           (size_t)n * sizeof *acc);
+                l += n;
+            }
+        }
+    }
+}
+
+/* The direct path where the CPU has AVX2 and FMA (LM_CONV_BLAS=1 in the environment forces
+ * OpenBLAS, for tests that compare the two), except at stride 1 with at least
+ * PLANES_OVER_CIN input channels over planes of at least PLANES_OVER_HW voxels (the decoder's
+ * S3, S2 and S1 CBL layers): there one OpenBLAS GEMM per plane (fwd_s1_planes) has the long
+ * inner dimension and wide panels it needs, ran as fast as the direct path on the 2-core AVX2
+ * machine, and uses wider vectors than AVX2 where the CPU has them. */
+#define PLANES_OVER_CIN 32
+#define PLANES_OVER_HW 256
+static int direct_use(const geom *g)
+{
+    if (g->s == 1 && g->Cin >= PLANES_OVER_CIN && g->H * g->W >= PLANES_OVER_HW)
+        return 0;
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+        return 0;
+    const char *e = getenv("LM_CONV_BLAS");
+    return !(e && *e == '1');
+}
+
+static int fwd_direct(float *y, const float *x, const float *w, const float *b, const geom *g)
+{
+    const int Cin = g->Cin;
+    dctx c = {.g = g, .x = x, .b = b, .y = y};
+    if (g->s == 1) {
+        c.Wp = g->W + 2;
+        c.PH = 0;
+        c.PS = (g->H + 2) * c.Wp;
+    } else {
+        c.Wp = g->Wo + 1;
+        c.PH = (g->Ho + 1) * c.Wp;
+        c.PS = 4 * c.PH;
+    }
+    c.Q = (g->Ho - 1) * c.Wp + g->Wo;
+    c.nv = g->Cout <= 3 ? 4 : 3; /* 3 channels: 3 by 4 vectors rather than 3 by 3 */
+    c.mr = g->Cout <= 3 ? g->Cout : CONV_MR;
+    c.nw = 8 * c.nv;
+    c.rowwise = g->Wo >= 16;
+    /* the last tile reads up to nw - 1 past the end of the q range, beyond any tap */
+    c.PS += c.nw;
+    LM_CPU_CHECK(3 * Cin * c.PS <= INT32_MAX, "conv3d: planes too large");
+    const int64_t K27 = (int64_t)Cin * 27;
+    c.off = lm_cpu_scratch((size_t)Cin * 9 * sizeof *c.off);
+    c.w = lm_cpu_scratch((size_t)(g->Cout * K27) * sizeof *c.w);
+    if (!c.off || !c.w) {
+        lm_cpu_scratch_free(c.off);
+        lm_cpu_scratch_free(c.w);
+        return -1;
+    }
+    for (int co0 = 0; co0 < g->Cout; co0 += c.mr) {
+        const int mr = g->Cout - co0 < c.mr ? g->Cout - co0 : c.mr;
+        for (int m = 0; m < mr; m++)
+            for (int ci = 0; ci < Cin; ci++)
+                for (int t = 0; t < 27; t++) /* t = kd·9 + kh·3 + kw */
+                    c.w[co0 * K27 + ((t / 9 * Cin + ci) * 9 + t % 9) * mr + m] =
+                        w[(co0 + m) * K27 + ci * 27 + t];
+    }
+    for (int ci = 0; ci < Cin; ci++)
+        for (int t = 0; t < 9; t++) {
+            const int kh = t / 3, kw = t % 3;
+            int64_t o;
+            if (g->s == 1)
+                o = kh * c.Wp + kw;
+            else /* kh 1: even rows at jy = yo; 0: odd rows at yo; 2: odd rows at yo + 1 */
+                o = ((kh != 1) * 2 + (kw != 1)) * c.PH + (kh == 2) * c.Wp + (kw == 2);
+            c.off[ci * 9 + t] = (int)(ci * c.PS + o);
+        }
+    const int64_t chunk = (g->Do + 15) / 16;
+    const double flops = 2.0 * g->Cout * 27.0 * Cin * (double)(g->Do * g->P);
+    int failed = 0;
+#pragma omp parallel if (g->Do > 1 && flops >= CONV_PAR_FLOPS)
+    {
+        const size_t nring = (size_t)(3 * Cin * c.PS);
+        float *ring = lm_cpu_scratch(nring * sizeof *ring);
+        int *xo = lm_cpu_scratch((size_t)Cin * 27 * sizeof *xo);
+        float *acc = lm_cpu_scratch((size_t)g->Cout * c.nw * sizeof *acc);
+        const int ok = ring && xo && acc;
+        int64_t tags[3] = {-1, -1, -1};
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        } else
+            memset(ring, 0, nring * sizeof *ring);
+#pragma omp for schedule(dynamic, chunk) nowait
+        for (int64_t zo = 0; zo < g->Do; zo++)
+            if (ok)
+                direct_plane(&c, zo, ring, tags, xo, acc);
+        lm_cpu_scratch_free(ring);
+        lm_cpu_scratch_free(xo);
+        lm_cpu_scratch_free(acc);
+    }
+    lm_cpu_scratch_free(c.off);
+    lm_cpu_scratch_free(c.w);
+    return failed ? -1 : 0;
+}
+#endif
+
 int lm_cpu_conv3d_fwd(lm_backend *be, float *y, const float *x, const float *w, const float *b,
                       const lm_conv3d_args *a)
 {
@@ -327,6 +669,10 @@ int lm_cpu_conv3d_fwd(lm_backend *be, float *y, const float *x, const float *w, 
     geom g;
     if (geom_init(&g, a) < 0)
         return -1;
+#ifdef CONV_HAVE_AVX2
+    if (direct_use(&g))
+        return fwd_direct(y, x, w, b, &g);
+#endif
     if (g.s == 1 && g.Cin >= PLANES_MIN_CIN)
         return fwd_s1_planes(y, x, w, b, &g);
     return fwd_im2col(y, x, w, b, &g);

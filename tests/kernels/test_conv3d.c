@@ -1,6 +1,7 @@
 /* test_conv3d.c — conv3d k3 p1, stride 1 and 2: values against a direct double loop,
  * finite-difference gradients of x, w, b, odd sizes (prime dims, size-1 axes), an encoder
- * shape at reduced scale, and bit identity for 1 and 2 threads. */
+ * shape at reduced scale, the direct AVX2 forward against the OpenBLAS one (LM_CONV_BLAS=1),
+ * and bit identity for 1 and 2 threads. */
 #include "kt.h"
 
 static double ref_at(const float *x, const float *w, const float *b, const lm_conv3d_args *a,
@@ -53,6 +54,63 @@ static void t_values_encoder_shape(void)
     check_values((lm_conv3d_args){8, 16, 24, 20, 24, 2}, 1);
     /* S1 CBL (40 -> 8, s1) at reduced scale */
     check_values((lm_conv3d_args){40, 8, 6, 5, 6, 1}, 1);
+}
+
+/* Σ |terms| of output (co, z, y, xx): the scale of its rounding error */
+static double ref_abs(const float *x, const float *w, const float *b, const lm_conv3d_args *a,
+                      int co, int64_t z, int64_t y, int64_t xx)
+{
+    double s = b ? fabs(b[co]) : 0;
+    for (int ci = 0; ci < a->Cin; ci++)
+        for (int k = 0; k < 27; k++) {
+            int64_t zi = z * a->stride - 1 + k / 9, yi = y * a->stride - 1 + k / 3 % 3,
+                    xi = xx * a->stride - 1 + k % 3;
+            if (zi < 0 || zi >= a->D || yi < 0 || yi >= a->H || xi < 0 || xi >= a->W)
+                continue;
+            s += fabs((double)w[(co * a->Cin + ci) * 27 + k] *
+                      x[((ci * a->D + zi) * a->H + yi) * a->W + xi]);
+        }
+    return s;
+}
+
+/* The forward's two implementations, the direct AVX2 one (taken where the CPU has AVX2 and
+ * FMA) and the OpenBLAS ones (LM_CONV_BLAS=1, and on other CPUs), differ only in the order of
+ * their sums: within a few roundings of each other, relative to Σ|terms|. */
+static void paths_case(lm_conv3d_args a)
+{
+    KT_COVER(conv3d_fwd);
+    int64_t Do = (a.D - 1) / a.stride + 1, Ho = (a.H - 1) / a.stride + 1,
+            Wo = (a.W - 1) / a.stride + 1, nin = (int64_t)a.Cin * a.D * a.H * a.W;
+    int64_t nout = a.Cout * Do * Ho * Wo;
+    float *x = kt_rand(nin, -1, 1, 1), *w = kt_rand((int64_t)a.Cout * a.Cin * 27, -1, 1, 2);
+    float *b = kt_rand(a.Cout, -1, 1, 3), *y1 = kt_rand(nout, -9, 9, 4),
+          *y2 = kt_rand(nout, -9, 9, 5);
+    KT_CALL(conv3d_fwd, y1, x, w, b, &a);
+    setenv("LM_CONV_BLAS", "1", 1);
+    KT_CALL(conv3d_fwd, y2, x, w, b, &a);
+    unsetenv("LM_CONV_BLAS");
+    for (int co = 0; co < a.Cout; co++)
+        for (int64_t z = 0; z < Do; z++)
+            for (int64_t yy = 0; yy < Ho; yy++)
+                for (int64_t xx = 0; xx < Wo; xx++) {
+                    int64_t i = ((co * Do + z) * Ho + yy) * Wo + xx;
+                    double tol = 2e-6 * ref_abs(x, w, b, &a, co, z, yy, xx);
+                    LM_CHECK_CLOSE(y1[i], y2[i], tol, 0);
+                }
+    kt_free(x), kt_free(w), kt_free(b), kt_free(y1), kt_free(y2);
+}
+
+static void t_paths(void)
+{
+    paths_case((lm_conv3d_args){1, 8, 9, 7, 40, 1});   /* Cin 1; rows of 40: tiles 24 + 16 */
+    paths_case((lm_conv3d_args){8, 3, 6, 5, 33, 1});   /* 3 channels (3 × 4 vectors) */
+    paths_case((lm_conv3d_args){5, 7, 5, 6, 7, 1});    /* 7 = 4 + 3 channels; narrow rows */
+    paths_case((lm_conv3d_args){40, 8, 4, 6, 18, 1});  /* 1080 taps: several blocks */
+    paths_case((lm_conv3d_args){16, 6, 9, 11, 13, 2}); /* stride 2, odd sizes, 6 = 4 + 2 */
+    paths_case((lm_conv3d_args){3, 5, 7, 40, 41, 2});  /* stride 2, rows of 21, 5 = 4 + 1 */
+    paths_case((lm_conv3d_args){2, 2, 3, 3, 3, 2});
+    paths_case((lm_conv3d_args){1, 1, 1, 1, 1, 1});
+    paths_case((lm_conv3d_args){3, 2, 1, 4, 1, 2});
 }
 
 typedef struct {
@@ -134,6 +192,34 @@ static void t_threads(void)
     }
 }
 
+static void fwd_run(void *p)
+{
+    tctx *c = p;
+    lm_backend *be = kt_be();
+    be->conv3d_fwd(be, c->y, c->x, c->w, c->b, &c->a);
+}
+
+/* forward shapes with enough work for both threads: stride 2, narrow rows, 3 channels */
+static void t_threads_fwd(void)
+{
+    KT_COVER(conv3d_fwd);
+    static const lm_conv3d_args shapes[] = {
+        {16, 32, 48, 40, 48, 2}, {96, 32, 12, 10, 12, 1}, {8, 3, 24, 80, 96, 1}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        lm_conv3d_args a = shapes[i];
+        int s = a.stride;
+        int64_t Do = (a.D - 1) / s + 1, Ho = (a.H - 1) / s + 1, Wo = (a.W - 1) / s + 1;
+        tctx c = {0};
+        c.a = a;
+        c.nin = (int64_t)a.Cin * a.D * a.H * a.W, c.nw = (int64_t)a.Cout * a.Cin * 27;
+        c.nout = a.Cout * Do * Ho * Wo;
+        c.y = kt_alloc(c.nout), c.x = kt_rand(c.nin, -1, 1, 1), c.w = kt_rand(c.nw, -1, 1, 2);
+        c.b = kt_rand(a.Cout, -1, 1, 3);
+        kt_same_bits_1v2("conv3d y", fwd_run, &c, c.y, (size_t)c.nout * 4);
+        kt_free(c.y), kt_free(c.x), kt_free(c.w), kt_free(c.b);
+    }
+}
+
 static void t_bad_args(void)
 {
     KT_COVER(conv3d_fwd);
@@ -151,7 +237,9 @@ static const lm_test_case cases[] = {
     {"conv3d_bwd fd stride 1", t_fd_s1},
     {"conv3d_bwd fd stride 2", t_fd_s2},
     {"conv3d_bwd fd size-1 axes", t_fd_size1},
+    {"conv3d_fwd direct vs OpenBLAS", t_paths},
     {"conv3d threads 1 vs 2", t_threads},
+    {"conv3d_fwd threads 1 vs 2", t_threads_fwd},
     {"conv3d bad arguments", t_bad_args},
     {0},
 };
