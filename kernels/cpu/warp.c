@@ -4,8 +4,9 @@
  * double (common/lm_kmath.h, lm_k_lin_axis). The flow gradient is a per-voxel gather
  * (parallel over voxels); the source gradient is a scatter, parallel over channels only, each
  * channel in voxel order, so the bits never depend on the thread count. The zeros-padding
- * forward and the nearest warp have four-voxel vector paths for AVX2 CPUs that give the scalar
- * code's bits, and both also run on volumes in NIfTI's array order (D
+ * forward interpolates along x, then y, then z (fma, in double) and has an eight-voxel vector
+ * path for AVX2+FMA CPUs; the nearest warp has a four-voxel one for AVX2 CPUs; both vector
+ * paths give the scalar code's bits, and both also run on volumes in NIfTI's array order (D
  * fastest; LM_WARP_NIFTI_ORDER), voxel for voxel the same values, so that lm-warp needs no
  * transposes.
  * Not here: integration of velocity fields, resampling between grids.
@@ -80,59 +81,58 @@ static warp_grid grid_of(const lm_warp_args *a)
     return g;
 }
 
-/* Zero padding, the common case, without the derivative bookkeeping of corners_at: the same
- * weights, corner order and summation order, hence the same bits. One voxel, all channels. */
+/* One axis of a sample point q = pos + f: i = floor(q) = pos + floor(f), exact, and
+ * t = q - floor(q) = f - floor(f) in double (exact but where f is tiny and negative, then
+ * rounded once). Returns whether q is in (-1, n), the test that some corner is inside; NaN,
+ * infinite and huge f (floor outside the int32 range, where the vector code's conversion gives
+ * INT32_MIN) are outside. */
+static inline int warp_axis(float f, int64_t pos, int64_t n, int64_t *i, double *t)
+{
+    const float fl = floorf(f);
+    if (!(fl >= -2147483648.0f && fl < 2147483648.0f))
+        return 0;
+    *i = pos + (int64_t)fl;
+    *t = (double)f - floor((double)f);
+    return *i >= -1 && *i <= n - 1 && !(*i == -1 && f == fl);
+}
+
+/* (1 - t)·a + t·b as fma(t, b, w·a), w = 1 - t */
+#define WARP_LERP(w, t, a, b) fma(t, b, (w) * (a))
+
+/* Zero padding, the common case, without the derivative bookkeeping of corners_at: nested
+ * linear interpolation in double, along x, then y, then z, a corner outside reading 0; the
+ * vector path does the same operations, hence the same bits. One voxel, all channels. */
 static inline void warp_voxel_zeros(float *y, const float *src, const float *flow, int64_t C,
                                     const warp_grid *g, int64_t z, int64_t yy, int64_t xx)
 {
     const int64_t N = g->N, D = g->D, H = g->H, W = g->W, sz = g->sz, sy = g->sy, sx = g->sx;
     const int64_t p = z * sz + yy * sy + xx * sx;
-    double qz = (double)z + (double)flow[p], qy = (double)yy + (double)flow[N + p],
-           qx = (double)xx + (double)flow[2 * N + p];
-    if (!(qz > -1.0 && qz < (double)D && qy > -1.0 && qy < (double)H && qx > -1.0 &&
-          qx < (double)W)) { /* every corner outside (NaN too) */
+    int64_t z0 = 0, y0 = 0, x0 = 0;
+    double tz = 0, ty = 0, tx = 0;
+    if (!(warp_axis(flow[p], z, D, &z0, &tz) & warp_axis(flow[N + p], yy, H, &y0, &ty) &
+          warp_axis(flow[2 * N + p], xx, W, &x0, &tx))) { /* every corner outside */
         for (int64_t c = 0; c < C; c++)
             y[c * N + p] = 0.0f;
         return;
     }
-    /* floor without a libm call: q > -1 here, so truncation is floor for q >= 0 and floor is
-     * -1 below 0 */
-    int64_t z0 = qz >= 0 ? (int64_t)qz : -1, y0 = qy >= 0 ? (int64_t)qy : -1,
-            x0 = qx >= 0 ? (int64_t)qx : -1;
-    double tz = qz - (double)z0, ty = qy - (double)y0, tx = qx - (double)x0;
-    double wz0 = 1.0 - tz, wy0 = 1.0 - ty, wx0 = 1.0 - tx;
-    if (z0 >= 0 && z0 + 1 < D && y0 >= 0 && y0 + 1 < H && x0 >= 0 && x0 + 1 < W) {
-        /* all eight corners inside */
-        const double w00 = wz0 * wy0, w01 = wz0 * ty, w10 = tz * wy0, w11 = tz * ty;
-        const int64_t o = z0 * sz + y0 * sy + x0 * sx;
-        for (int64_t c = 0; c < C; c++) {
-            const float *b = src + c * N + o;
-            double v = 0;
-            v += w00 * wx0 * b[0];
-            v += w00 * tx * b[sx];
-            v += w01 * wx0 * b[sy];
-            v += w01 * tx * b[sy + sx];
-            v += w10 * wx0 * b[sz];
-            v += w10 * tx * b[sz + sx];
-            v += w11 * wx0 * b[sz + sy];
-            v += w11 * tx * b[sz + sy + sx];
-            y[c * N + p] = (float)v;
-        }
-        return;
-    }
-    double wz[2] = {wz0, tz}, wy[2] = {wy0, ty}, wx[2] = {wx0, tx};
-    int inz[2] = {z0 >= 0, z0 + 1 < D}, iny[2] = {y0 >= 0, y0 + 1 < H},
-        inx[2] = {x0 >= 0, x0 + 1 < W};
+    const double wz = 1.0 - tz, wy = 1.0 - ty, wx = 1.0 - tx;
+    const int inz[2] = {z0 >= 0, z0 + 1 < D}, iny[2] = {y0 >= 0, y0 + 1 < H},
+              inx[2] = {x0 >= 0, x0 + 1 < W};
     for (int64_t c = 0; c < C; c++) {
         const float *sc = src + c * N;
-        double v = 0;
+        double s[2][2][2];
         for (int a = 0; a < 2; a++)
             for (int b = 0; b < 2; b++)
                 for (int e = 0; e < 2; e++)
-                    if (inz[a] && iny[b] && inx[e])
-                        v += wz[a] * wy[b] * wx[e] *
-                             sc[(z0 + a) * sz + (y0 + b) * sy + (x0 + e) * sx];
-        y[c * N + p] = (float)v;
+                    s[a][b][e] = inz[a] && iny[b] && inx[e]
+                                     ? sc[(z0 + a) * sz + (y0 + b) * sy + (x0 + e) * sx]
+                                     : 0.0;
+        const double h00 = WARP_LERP(wx, tx, s[0][0][0], s[0][0][1]),
+                     h01 = WARP_LERP(wx, tx, s[0][1][0], s[0][1][1]),
+                     h10 = WARP_LERP(wx, tx, s[1][0][0], s[1][0][1]),
+                     h11 = WARP_LERP(wx, tx, s[1][1][0], s[1][1][1]);
+        const double g0 = WARP_LERP(wy, ty, h00, h01), g1 = WARP_LERP(wy, ty, h10, h11);
+        y[c * N + p] = (float)WARP_LERP(wz, tz, g0, g1);
     }
 }
 
@@ -197,23 +197,413 @@ static void warp_nearest_scalar(void *y, const void *src, const float *flow, int
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-/* The vector paths, for CPUs with AVX2: four voxels of a row at a time, in double as the scalar
- * code, without FMA (target avx2 only), each lane doing the scalar code's operations in its
- * order with its rounding, so the bits are the same:
- *  - floor(q) is the scalar code's "truncation, or -1 below 0" wherever q > -1, and q - floor(q)
- *    the same difference;
- *  - a group whose 32 corners are all inside is found with integer tests on the floors
- *    (unsigned z0 <= D-2 and so on; a NaN, infinite or huge q converts to INT32_MIN and fails)
- *    and sums its corners, loaded as adjacent pairs along the memory-fastest axis, in the
- *    scalar order;
- *  - any other group takes the scalar test q in (-1, n) per axis and masked gathers: a corner
- *    outside reads 0, and adding w·0 = +0 to v changes nothing (v starts at +0 and is never -0),
- *    which is the scalar code skipping it; a lane with every corner outside is set to 0.
+/* The trilinear vector path (zeros padding), for CPUs with AVX2 and FMA: eight voxels of a row
+ * at a time, in two halves of four for the double arithmetic. Each lane does the scalar code's
+ * operations in its order with its rounding, so the bits are the same:
+ *  - per axis, floor(f) in float, converted to int32 (NaN, infinite and huge f give INT32_MIN)
+ *    and added to the lane's position, wrapping: what wraps is far outside, as it is for the
+ *    scalar code in int64; t = (double)f - floor((double)f), w = 1 - t;
+ *  - four voxels whose 32 corners are all inside (0 <= i <= n-2 on every axis, tested as the
+ *    sign of i | (n-2-i)) read their corners as adjacent pairs along the memory-fastest axis
+ *    (the pair axis P; rows of pairs along the other two) and interpolate as WARP_LERP;
+ *  - four whose rows of pairs are all inside read the pairs from clamped places and put the
+ *    corners right (warp4_pedge); any other four take masked gathers (warp4_edge). Both take
+ *    the scalar test q in (-1, n) per axis: a corner outside reads 0, as in the scalar code,
+ *    and a lane with every corner outside is set to 0.
+ * A row is done in chunks of up to WARP_CHUNK groups of eight, in two passes: the first finds
+ * the groups' first corners and whether they are all inside, the second reads and interpolates,
+ * so that the reads of one group need not wait for the address arithmetic of the next.
  * Offsets are int32: needs D·H·W plus a plane, a row and a voxel < 2^31. */
 typedef struct {
-    __m128i sz, sy, sx, dlim, hlim, wlim, dmax, hmax, wmax;
+    __m256i n[3], nm1[3], nm2[3]; /* n, n - 1 and n - 2 per axis (z, y, x) */
+    __m256i sz, sy, sx;           /* the strides */
+    int32_t oz, oy, ox;
+} warp_tconst;
+
+__attribute__((target("avx2"))) static warp_tconst warp_tconst_of(const warp_grid *g)
+{
+    warp_tconst k;
+    const int64_t n[3] = {g->D, g->H, g->W};
+    for (int d = 0; d < 3; d++) {
+        k.n[d] = _mm256_set1_epi32((int32_t)n[d]);
+        k.nm1[d] = _mm256_set1_epi32((int32_t)n[d] - 1);
+        k.nm2[d] = _mm256_set1_epi32((int32_t)n[d] - 2);
+    }
+    k.oz = (int32_t)g->sz, k.oy = (int32_t)g->sy, k.ox = (int32_t)g->sx;
+    k.sz = _mm256_set1_epi32(k.oz), k.sy = _mm256_set1_epi32(k.oy), k.sx = _mm256_set1_epi32(k.ox);
+    return k;
+}
+
+/* WARP_LERP of four lanes */
+#define WARP_VLERP(w, t, a, b) _mm256_fmadd_pd(t, b, _mm256_mul_pd(w, a))
+
+/* The interpolation of four voxels from their eight corners c[zyx] (double), with the weights
+ * w*, t* in scope: along x, then y, then z, as the scalar code */
+#define WARP_INTERP4(c000, c001, c010, c011, c100, c101, c110, c111)                           \
+    WARP_VLERP(wz, tz,                                                                         \
+               WARP_VLERP(wy, ty, WARP_VLERP(wx, tx, c000, c001), WARP_VLERP(wx, tx, c010, c011)), \
+               WARP_VLERP(wy, ty, WARP_VLERP(wx, tx, c100, c101), WARP_VLERP(wx, tx, c110, c111)))
+
+/* The same from the rows of pairs of WARP_ROWS4: pairs along x, rows y0, y1, then z1 in the
+ * DHW order; pairs along z, rows x0, x1, then y1 in the NIfTI order */
+#define WARP_INTERP_ROWS(nifti)                                                                \
+    ((nifti) ? WARP_INTERP4(a0, b0, c0, d0, a1, b1, c1, d1)                                    \
+             : WARP_INTERP4(a0, a1, b0, b1, c0, c1, d0, d1))
+
+/* t = (double)f - floor((double)f) of four lanes */
+__attribute__((target("avx2"), always_inline)) static inline __m256d warp_t(__m128 f)
+{
+    const __m256d d = _mm256_cvtps_pd(f);
+    return _mm256_sub_pd(d, _mm256_floor_pd(d));
+}
+
+/* w = 1 - t of the three axes, in scope */
+#define WARP_W                                                                                 \
+    const __m256d one_ = _mm256_set1_pd(1.0), wz = _mm256_sub_pd(one_, tz),                    \
+                  wy = _mm256_sub_pd(one_, ty), wx = _mm256_sub_pd(one_, tx)
+
+/* The four rows of corner pairs of four lanes, at s + o[l] + {0, r1, r2, r12}, as doubles:
+ * the firsts a0, b0, c0, d0 and the seconds a1, b1, c1, d1 of the rows; loaded lane by lane,
+ * lanes 0 and 1 into the low and high halves of x*, lanes 2 and 3 into w* */
+#define WARP_ROWS4(s, o, r1, r2, r12)                                                          \
+    const float *q_ = (s) + (o)[0];                                                            \
+    __m128 x0_ = _mm_castpd_ps(_mm_load_sd((const double *)q_)),                               \
+           x1_ = _mm_castpd_ps(_mm_load_sd((const double *)(q_ + (r1)))),                      \
+           x2_ = _mm_castpd_ps(_mm_load_sd((const double *)(q_ + (r2)))),                      \
+           x3_ = _mm_castpd_ps(_mm_load_sd((const double *)(q_ + (r12))));                     \
+    q_ = (s) + (o)[1];                                                                         \
+    x0_ = _mm_loadh_pi(x0_, (const __m64 *)q_);                                                \
+    x1_ = _mm_loadh_pi(x1_, (const __m64 *)(q_ + (r1)));                                       \
+    x2_ = _mm_loadh_pi(x2_, (const __m64 *)(q_ + (r2)));                                       \
+    x3_ = _mm_loadh_pi(x3_, (const __m64 *)(q_ + (r12)));                                      \
+    q_ = (s) + (o)[2];                                                                         \
+    __m128 w0_ = _mm_castpd_ps(_mm_load_sd((const double *)q_)),                               \
+           w1_ = _mm_castpd_ps(_mm_load_sd((const double *)(q_ + (r1)))),                      \
+           w2_ = _mm_castpd_ps(_mm_load_sd((const double *)(q_ + (r2)))),                      \
+           w3_ = _mm_castpd_ps(_mm_load_sd((const double *)(q_ + (r12))));                     \
+    q_ = (s) + (o)[3];                                                                         \
+    w0_ = _mm_loadh_pi(w0_, (const __m64 *)q_);                                                \
+    w1_ = _mm_loadh_pi(w1_, (const __m64 *)(q_ + (r1)));                                       \
+    w2_ = _mm_loadh_pi(w2_, (const __m64 *)(q_ + (r2)));                                       \
+    w3_ = _mm_loadh_pi(w3_, (const __m64 *)(q_ + (r12)));                                      \
+    __m256d a0 = _mm256_cvtps_pd(_mm_shuffle_ps(x0_, w0_, _MM_SHUFFLE(2, 0, 2, 0))),            \
+            a1 = _mm256_cvtps_pd(_mm_shuffle_ps(x0_, w0_, _MM_SHUFFLE(3, 1, 3, 1))),            \
+            b0 = _mm256_cvtps_pd(_mm_shuffle_ps(x1_, w1_, _MM_SHUFFLE(2, 0, 2, 0))),            \
+            b1 = _mm256_cvtps_pd(_mm_shuffle_ps(x1_, w1_, _MM_SHUFFLE(3, 1, 3, 1))),            \
+            c0 = _mm256_cvtps_pd(_mm_shuffle_ps(x2_, w2_, _MM_SHUFFLE(2, 0, 2, 0))),            \
+            c1 = _mm256_cvtps_pd(_mm_shuffle_ps(x2_, w2_, _MM_SHUFFLE(3, 1, 3, 1))),            \
+            d0 = _mm256_cvtps_pd(_mm_shuffle_ps(x3_, w3_, _MM_SHUFFLE(2, 0, 2, 0))),            \
+            d1 = _mm256_cvtps_pd(_mm_shuffle_ps(x3_, w3_, _MM_SHUFFLE(3, 1, 3, 1)))
+
+/* Four voxels, all of whose corners are inside, at element p: o = their first corners,
+ * t* = their fractions, r1 and r2 the offsets of the second and third rows of corner pairs
+ * (the fourth at r1 + r2). nifti is a constant where this is inlined. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+warp4_inner(float *y, const float *src, int64_t C, int64_t N, int64_t p, const int32_t *o,
+            __m256d tz, __m256d ty, __m256d tx, const int64_t r1, const int64_t r2,
+            const int nifti)
+{
+    WARP_W;
+    const int64_t r12 = r1 + r2;
+    for (int64_t c = 0; c < C; c++) {
+        WARP_ROWS4(src + c * N, o, r1, r2, r12);
+        _mm_storeu_ps(y + c * N + p, _mm256_cvtpd_ps(WARP_INTERP_ROWS(nifti)));
+    }
+}
+
+/* Four voxels whose corner rows are all inside but whose pairs may not be: iP, fP, lP are the
+ * floors, displacements and their floors along the pair axis P (the memory-fastest, of extent
+ * nP >= 2), o the first corners. The q in (-1, nP) test of the scalar code along P; each pair
+ * read from where it starts at clamp(iP, 0, nP - 2), so inside the volume: its first element
+ * is corner iP + 1 where iP = -1, its second corner iP where iP = nP - 1; a corner outside
+ * reads 0, and a lane with every corner outside is set to 0. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+warp4_pedge(float *y, const float *src, int64_t C, int64_t N, int64_t p, __m128i o, __m128i iP,
+            __m128 fP, __m128 lP, __m256d tz, __m256d ty, __m256d tx, __m128i nP,
+            const int64_t r1, const int64_t r2, const int nifti)
+{
+    const __m128i mone = _mm_set1_epi32(-1), mtwo = _mm_set1_epi32(-2),
+                  nm1 = _mm_add_epi32(nP, mone), nm2 = _mm_add_epi32(nP, mtwo);
+    const __m128i ok = _mm_andnot_si128(
+        _mm_and_si128(_mm_cmpeq_epi32(iP, mone), _mm_castps_si128(_mm_cmpeq_ps(fP, lP))),
+        _mm_and_si128(_mm_cmpgt_epi32(iP, mtwo), _mm_cmpgt_epi32(nP, iP)));
+    const __m128i cP = _mm_min_epi32(_mm_max_epi32(iP, _mm_setzero_si128()), nm2);
+    int32_t oc[4];
+    _mm_storeu_si128((__m128i *)oc, _mm_add_epi32(o, _mm_sub_epi32(cP, iP)));
+#define WARP_M64(m) _mm256_castsi256_pd(_mm256_cvtepi32_epi64(m))
+    const __m256d m0 = WARP_M64(_mm_and_si128(ok, _mm_cmpgt_epi32(iP, mone))),
+                  m1 = WARP_M64(_mm_and_si128(ok, _mm_cmpgt_epi32(nm1, iP))),
+                  sf = WARP_M64(_mm_cmpeq_epi32(iP, nm1)), ss = WARP_M64(_mm_cmpeq_epi32(iP, mone)),
+                  okd = WARP_M64(ok);
+#undef WARP_M64
+    WARP_W;
+    const int64_t r12 = r1 + r2;
+    for (int64_t c = 0; c < C; c++) {
+        WARP_ROWS4(src + c * N, oc, r1, r2, r12);
+#define WARP_FIX(f, s)                                                                         \
+    do {                                                                                       \
+        const __m256d f_ = f;                                                                  \
+        f = _mm256_and_pd(_mm256_blendv_pd(f_, s, sf), m0);                                    \
+        s = _mm256_and_pd(_mm256_blendv_pd(s, f_, ss), m1);                                    \
+    } while (0)
+        WARP_FIX(a0, a1);
+        WARP_FIX(b0, b1);
+        WARP_FIX(c0, c1);
+        WARP_FIX(d0, d1);
+#undef WARP_FIX
+        /* lanes outside: NaN weights */
+        const __m256d v = _mm256_and_pd(WARP_INTERP_ROWS(nifti), okd);
+        _mm_storeu_ps(y + c * N + p, _mm256_cvtpd_ps(v));
+    }
+}
+
+/* Any four voxels: the scalar test and masked gathers. o = the first corners, f* the
+ * displacements, l* their floors, i* the floors of the sample points. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+warp4_edge(float *y, const float *src, int64_t C, int64_t N, int64_t p, __m128i o, __m128i iz,
+           __m128i iy, __m128i ix, __m128 fz, __m128 fy, __m128 fx, __m128 lz, __m128 ly,
+           __m128 lx, const warp_tconst *k)
+{
+    const __m128i mone = _mm_set1_epi32(-1);
+    const __m128 zf = _mm_setzero_ps();
+    /* q in (-1, n): -1 <= i <= n - 1, and not q = -1 (i = -1, f integral) */
+#define WARP_OK(i, f, l, d)                                                                    \
+    _mm_andnot_si128(_mm_and_si128(_mm_cmpeq_epi32(i, mone),                                   \
+                                   _mm_castps_si128(_mm_cmpeq_ps(f, l))),                      \
+                     _mm_and_si128(_mm_cmpgt_epi32(i, _mm_set1_epi32(-2)),                     \
+                                   _mm_cmpgt_epi32(_mm256_castsi256_si128(k->n[d]), i)))
+    const __m128i ok = _mm_and_si128(_mm_and_si128(WARP_OK(iz, fz, lz, 0), WARP_OK(iy, fy, ly, 1)),
+                                     WARP_OK(ix, fx, lx, 2));
+#undef WARP_OK
+    if (_mm_testz_si128(ok, ok)) {
+        for (int64_t c = 0; c < C; c++)
+            _mm_storeu_ps(y + c * N + p, zf);
+        return;
+    }
+    const __m256d tz = warp_t(fz), ty = warp_t(fy), tx = warp_t(fx);
+    WARP_W;
+    const __m128i z0 = _mm_and_si128(ok, _mm_cmpgt_epi32(iz, mone)),
+                  z1 = _mm_and_si128(ok, _mm_cmpgt_epi32(_mm256_castsi256_si128(k->nm1[0]), iz)),
+                  y0 = _mm_cmpgt_epi32(iy, mone),
+                  y1 = _mm_cmpgt_epi32(_mm256_castsi256_si128(k->nm1[1]), iy),
+                  x0 = _mm_cmpgt_epi32(ix, mone),
+                  x1 = _mm_cmpgt_epi32(_mm256_castsi256_si128(k->nm1[2]), ix);
+    const __m128i m0 = _mm_and_si128(_mm_and_si128(z0, y0), x0),
+                  m1 = _mm_and_si128(_mm_and_si128(z0, y0), x1),
+                  m2 = _mm_and_si128(_mm_and_si128(z0, y1), x0),
+                  m3 = _mm_and_si128(_mm_and_si128(z0, y1), x1),
+                  m4 = _mm_and_si128(_mm_and_si128(z1, y0), x0),
+                  m5 = _mm_and_si128(_mm_and_si128(z1, y0), x1),
+                  m6 = _mm_and_si128(_mm_and_si128(z1, y1), x0),
+                  m7 = _mm_and_si128(_mm_and_si128(z1, y1), x1);
+    const __m128i sz = _mm_set1_epi32(k->oz), sy = _mm_set1_epi32(k->oy),
+                  sx = _mm_set1_epi32(k->ox);
+    const __m128i o1 = _mm_add_epi32(o, sx), o2 = _mm_add_epi32(o, sy), o3 = _mm_add_epi32(o2, sx),
+                  o4 = _mm_add_epi32(o, sz), o5 = _mm_add_epi32(o4, sx),
+                  o6 = _mm_add_epi32(o4, sy), o7 = _mm_add_epi32(o6, sx);
+    const __m256d okd = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(ok));
+#define WARP_MG(off, m)                                                                        \
+    _mm256_cvtps_pd(_mm_mask_i32gather_ps(zf, s, off, _mm_castsi128_ps(m), 4))
+    for (int64_t c = 0; c < C; c++) {
+        const float *s = src + c * N;
+        const __m256d c000 = WARP_MG(o, m0), c001 = WARP_MG(o1, m1), c010 = WARP_MG(o2, m2),
+                      c011 = WARP_MG(o3, m3), c100 = WARP_MG(o4, m4), c101 = WARP_MG(o5, m5),
+                      c110 = WARP_MG(o6, m6), c111 = WARP_MG(o7, m7);
+        /* lanes outside: NaN weights */
+        const __m256d v =
+            _mm256_and_pd(WARP_INTERP4(c000, c001, c010, c011, c100, c101, c110, c111), okd);
+        _mm_storeu_ps(y + c * N + p, _mm256_cvtpd_ps(v));
+    }
+#undef WARP_MG
+}
+
+/* The displacements (f*), their floors (l*), the floors of the sample points (i*: l* as int32
+ * plus the positions p*) and the first corners (o) of the eight voxels at element p */
+#define WARP8_COORDS                                                                           \
+    const __m256 fz = _mm256_loadu_ps(flow + p), fy = _mm256_loadu_ps(flow + N + p),           \
+                 fx = _mm256_loadu_ps(flow + 2 * N + p);                                       \
+    const __m256 lz = _mm256_floor_ps(fz), ly = _mm256_floor_ps(fy), lx = _mm256_floor_ps(fx); \
+    const __m256i iz = _mm256_add_epi32(pz, _mm256_cvttps_epi32(lz)),                          \
+                  iy = _mm256_add_epi32(py, _mm256_cvttps_epi32(ly)),                          \
+                  ix = _mm256_add_epi32(px, _mm256_cvttps_epi32(lx));                          \
+    /* nifti: sz = 1, else sx = 1 */                                                           \
+    const __m256i o =                                                                          \
+        nifti ? _mm256_add_epi32(_mm256_add_epi32(iz, _mm256_mullo_epi32(iy, k->sy)),          \
+                                 _mm256_mullo_epi32(ix, k->sx))                                \
+              : _mm256_add_epi32(_mm256_add_epi32(_mm256_mullo_epi32(iz, k->sz),               \
+                                                  _mm256_mullo_epi32(iy, k->sy)),              \
+                                 ix);
+
+#define WARP_LO(v) _mm256_castsi256_si128(v)
+#define WARP_HI(v) _mm256_extracti128_si256(v, 1)
+#define WARP_LOF(v) _mm256_castps256_ps128(v)
+#define WARP_HIF(v) _mm256_extractf128_ps(v, 1)
+
+/* Eight voxels of which some corner is outside: each half by warp4_inner, warp4_pedge or
+ * warp4_edge */
+__attribute__((target("avx2,fma"), noinline)) static void
+warp8_mixed(float *y, const float *src, const float *flow, int64_t C, int64_t N, int64_t p,
+            __m256i pz, __m256i py, __m256i px, const warp_tconst *k, const int nifti)
+{
+    WARP8_COORDS
+    const int64_t r1 = nifti ? k->ox : k->oy, r2 = nifti ? k->oy : k->oz;
+    int32_t oi[8];
+    _mm256_storeu_si256((__m256i *)oi, o);
+    const __m256i mone = _mm256_set1_epi32(-1);
+    const int m = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_and_si256(
+        _mm256_and_si256(_mm256_and_si256(_mm256_cmpgt_epi32(iz, mone),
+                                          _mm256_cmpgt_epi32(k->nm1[0], iz)),
+                         _mm256_and_si256(_mm256_cmpgt_epi32(iy, mone),
+                                          _mm256_cmpgt_epi32(k->nm1[1], iy))),
+        _mm256_and_si256(_mm256_cmpgt_epi32(ix, mone), _mm256_cmpgt_epi32(k->nm1[2], ix)))));
+    /* the rows of corner pairs all inside: 0 <= i <= n - 2 on the two row axes */
+    const __m256i i1 = nifti ? ix : iy, i2 = nifti ? iy : iz;
+    const __m256i rows =
+        _mm256_or_si256(_mm256_or_si256(i1, _mm256_sub_epi32(k->nm2[nifti ? 2 : 1], i1)),
+                        _mm256_or_si256(i2, _mm256_sub_epi32(k->nm2[nifti ? 1 : 0], i2)));
+    const int mr = _mm256_movemask_ps(_mm256_castsi256_ps(rows));
+    const __m256i iP = nifti ? iz : ix;
+    const __m256 fP = nifti ? fz : fx, lP = nifti ? lz : lx;
+    const __m128i nP = _mm256_castsi256_si128(k->n[nifti ? 0 : 2]);
+    for (int h = 0; h < 2; h++) {
+        const int64_t ph = p + 4 * h;
+        const __m128i oh = h ? WARP_HI(o) : WARP_LO(o);
+        const __m256d tzh = warp_t(_mm_loadu_ps(flow + ph)),
+                      tyh = warp_t(_mm_loadu_ps(flow + N + ph)),
+                      txh = warp_t(_mm_loadu_ps(flow + 2 * N + ph));
+        if (((m >> (4 * h)) & 15) == 15)
+            warp4_inner(y, src, C, N, ph, oi + 4 * h, tzh, tyh, txh, r1, r2, nifti);
+        else if (((mr >> (4 * h)) & 15) == 0)
+            warp4_pedge(y, src, C, N, ph, oh, h ? WARP_HI(iP) : WARP_LO(iP),
+                        h ? WARP_HIF(fP) : WARP_LOF(fP), h ? WARP_HIF(lP) : WARP_LOF(lP), tzh,
+                        tyh, txh, nP, r1, r2, nifti);
+        else
+            warp4_edge(y, src, C, N, ph, oh, h ? WARP_HI(iz) : WARP_LO(iz),
+                       h ? WARP_HI(iy) : WARP_LO(iy), h ? WARP_HI(ix) : WARP_LO(ix),
+                       h ? WARP_HIF(fz) : WARP_LOF(fz), h ? WARP_HIF(fy) : WARP_LOF(fy),
+                       h ? WARP_HIF(fx) : WARP_LOF(fx), h ? WARP_HIF(lz) : WARP_LOF(lz),
+                       h ? WARP_HIF(ly) : WARP_LOF(ly), h ? WARP_HIF(lx) : WARP_LOF(lx), k);
+    }
+}
+
+/* A chunk of up to WARP_CHUNK groups of eight voxels of a row, after the first pass */
+#define WARP_CHUNK 8
+typedef struct {
+    int32_t o[8 * WARP_CHUNK]; /* first corners */
+    int m[WARP_CHUNK];         /* nonzero where some corner of the group is outside */
+} warp_chunk;
+
+/* The first pass over group j of a chunk: the eight voxels at element p, positions
+ * (pz, py, px) */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+warp8_prep(warp_chunk *b, int j, const float *flow, int64_t N, int64_t p, __m256i pz,
+           __m256i py, __m256i px, const warp_tconst *k, const int nifti)
+{
+    WARP8_COORDS
+    /* inside: 0 <= i <= n - 2 on every axis, the sign bits of i | (n - 2 - i) clear */
+    const __m256i out = _mm256_or_si256(
+        _mm256_or_si256(_mm256_or_si256(iz, _mm256_sub_epi32(k->nm2[0], iz)),
+                        _mm256_or_si256(iy, _mm256_sub_epi32(k->nm2[1], iy))),
+        _mm256_or_si256(ix, _mm256_sub_epi32(k->nm2[2], ix)));
+    b->m[j] = _mm256_movemask_ps(_mm256_castsi256_ps(out));
+    _mm256_store_si256((__m256i *)(b->o + 8 * j), o);
+}
+#undef WARP8_COORDS
+
+/* The second pass over group j of a chunk: the eight voxels at element p, where every corner
+ * is inside; r1, r2 as for warp4_inner */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+warp8_inner(float *y, const float *src, const float *flow, int64_t C, int64_t N, int64_t p,
+            const warp_chunk *b, int j, const int64_t r1, const int64_t r2, const int nifti)
+{
+    /* The hardware prefetchers follow the four rows of corners while the field keeps them,
+     * but lose them where it moves them (a smooth field does so all along a row): ask for the
+     * lines 256 bytes ahead on the rows of this group. */
+    const int32_t *o = b->o + 8 * j;
+    for (int64_t c = 0; c < C; c++) {
+        const float *pf = src + c * N + o[7] + 64;
+        _mm_prefetch((const char *)pf, _MM_HINT_T0);
+        _mm_prefetch((const char *)(pf + r1), _MM_HINT_T0);
+        _mm_prefetch((const char *)(pf + r2), _MM_HINT_T0);
+        _mm_prefetch((const char *)(pf + r1 + r2), _MM_HINT_T0);
+    }
+    for (int h = 0; h < 8; h += 4)
+        warp4_inner(y, src, C, N, p + h, o + h, warp_t(_mm_loadu_ps(flow + p + h)),
+                    warp_t(_mm_loadu_ps(flow + N + p + h)),
+                    warp_t(_mm_loadu_ps(flow + 2 * N + p + h)), r1, r2, nifti);
+}
+
+/* One row of voxels: (z, y) = (r1, r2) in the DHW order, (x, y) = (r1, r2) in the NIfTI order;
+ * in chunks of up to WARP_CHUNK groups of eight. The last group of a row ends at the row's end,
+ * overlapping the one before where the row is no multiple of eight (the same values written
+ * again); rows shorter than eight are done by the scalar code. nifti and C are constants where
+ * this is inlined. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+warp_row_zeros(float *y, const float *src, const float *flow, const int64_t C, const warp_grid *g,
+               const warp_tconst *k, int64_t r1, int64_t r2, const int nifti)
+{
+    const int64_t N = g->N, L = nifti ? g->D : g->W;
+    const int64_t row = r1 * (nifti ? g->sx : g->sz) + r2 * g->sy;
+    if (L < 8) {
+        for (int64_t l = 0; l < L; l++)
+            warp_voxel_zeros(y, src, flow, C, g, nifti ? l : r1, r2, nifti ? r1 : l);
+        return;
+    }
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i a = _mm256_set1_epi32((int32_t)r1), b = _mm256_set1_epi32((int32_t)r2);
+    const int64_t r1s = nifti ? g->sx : g->sy, r2s = nifti ? g->sy : g->sz;
+    warp_chunk ch __attribute__((aligned(32)));
+    for (int64_t l0 = 0; l0 < L; l0 += 8 * WARP_CHUNK) {
+        const int ng = (int)((L - l0 + 7) / 8 < WARP_CHUNK ? (L - l0 + 7) / 8 : WARP_CHUNK);
+        for (int j = 0; j < ng; j++) {
+            const int64_t l = l0 + 8 * j < L - 8 ? l0 + 8 * j : L - 8;
+            const __m256i lanes = _mm256_add_epi32(_mm256_set1_epi32((int32_t)l), iota);
+            warp8_prep(&ch, j, flow, N, row + l, nifti ? lanes : a, b, nifti ? a : lanes, k,
+                       nifti);
+        }
+        for (int j = 0; j < ng; j++) {
+            const int64_t l = l0 + 8 * j < L - 8 ? l0 + 8 * j : L - 8;
+            if (ch.m[j]) {
+                const __m256i lanes = _mm256_add_epi32(_mm256_set1_epi32((int32_t)l), iota);
+                warp8_mixed(y, src, flow, C, N, row + l, nifti ? lanes : a, b, nifti ? a : lanes,
+                            k, nifti);
+            } else {
+                warp8_inner(y, src, flow, C, N, row + l, &ch, j, r1s, r2s, nifti);
+            }
+        }
+    }
+}
+
+typedef void warp_row_fn(float *y, const float *src, const float *flow, int64_t C,
+                         const warp_grid *g, const warp_tconst *k, int64_t r1, int64_t r2);
+#define WARP_ROW_FN(name, nifti, CC)                                                           \
+    __attribute__((target("avx2,fma"), noinline)) static void name(                             \
+        float *y, const float *src, const float *flow, int64_t C, const warp_grid *g,          \
+        const warp_tconst *k, int64_t r1, int64_t r2)                                          \
+    {                                                                                          \
+        (void)C;                                                                               \
+        warp_row_zeros(y, src, flow, CC, g, k, r1, r2, nifti);                                 \
+    }
+/* one channel, the common case, without a channel loop */
+WARP_ROW_FN(warp_row_dhw1, 0, 1)
+WARP_ROW_FN(warp_row_dhw, 0, C)
+WARP_ROW_FN(warp_row_nifti1, 1, 1)
+WARP_ROW_FN(warp_row_nifti, 1, C)
+#undef WARP_ROW_FN
+
+__attribute__((target("avx2,fma"))) static void
+warp_zeros_avx2(float *y, const float *src, const float *flow, int64_t C, const warp_grid *g)
+{
+    const warp_tconst k = warp_tconst_of(g);
+    warp_row_fn *const row = g->nifti ? (C == 1 ? warp_row_nifti1 : warp_row_nifti)
+                                      : (C == 1 ? warp_row_dhw1 : warp_row_dhw);
+    WARP_ROWS(row(y, src, flow, C, g, &k, r1, r2););
+}
+
+/* The nearest warp's vector constants: strides and extents, four lanes */
+typedef struct {
+    __m128i sz, sy, sx;
     __m256d dn, hn, wn;
-    int32_t oz, oy, ox; /* the scalar strides */
 } warp_vconst;
 
 /* 4-lane masks from a 4-bit movemask */
@@ -226,180 +616,12 @@ static const int32_t warp_lane_masks[16][4] __attribute__((aligned(16))) = {
 __attribute__((target("avx2"))) static warp_vconst warp_vconst_of(const warp_grid *g)
 {
     warp_vconst k;
-    k.oz = (int32_t)g->sz, k.oy = (int32_t)g->sy, k.ox = (int32_t)g->sx;
-    k.sz = _mm_set1_epi32(k.oz), k.sy = _mm_set1_epi32(k.oy), k.sx = _mm_set1_epi32(k.ox);
-    k.dlim = _mm_set1_epi32((int32_t)g->D - 2), k.hlim = _mm_set1_epi32((int32_t)g->H - 2);
-    k.wlim = _mm_set1_epi32((int32_t)g->W - 2);
-    k.dmax = _mm_set1_epi32((int32_t)g->D - 1), k.hmax = _mm_set1_epi32((int32_t)g->H - 1);
-    k.wmax = _mm_set1_epi32((int32_t)g->W - 1);
+    k.sz = _mm_set1_epi32((int32_t)g->sz), k.sy = _mm_set1_epi32((int32_t)g->sy);
+    k.sx = _mm_set1_epi32((int32_t)g->sx);
     k.dn = _mm256_set1_pd((double)g->D), k.hn = _mm256_set1_pd((double)g->H);
     k.wn = _mm256_set1_pd((double)g->W);
     return k;
 }
-
-/* v + w·(double)value, the scalar code's "v += w00 * wx0 * b[..]" with w = w00·wx0 */
-#define WARP_ACC(v, w, x) _mm256_add_pd(v, _mm256_mul_pd(w, _mm256_cvtps_pd(x)))
-
-/* The corner pairs (s[o_l], s[o_l + 1]) of the four lanes: lo = the first of each pair, hi =
- * the second, as floats in lane order. */
-#define WARP_PAIRS(s, o, lo, hi)                                                               \
-    do {                                                                                       \
-        __m128 a_ = _mm_castpd_ps(_mm_load_sd((const double *)((s) + (o)[0])));                 \
-        a_ = _mm_loadh_pi(a_, (const __m64 *)((s) + (o)[1]));                                   \
-        __m128 b_ = _mm_castpd_ps(_mm_load_sd((const double *)((s) + (o)[2])));                 \
-        b_ = _mm_loadh_pi(b_, (const __m64 *)((s) + (o)[3]));                                   \
-        lo = _mm_shuffle_ps(a_, b_, _MM_SHUFFLE(2, 0, 2, 0));                                   \
-        hi = _mm_shuffle_ps(a_, b_, _MM_SHUFFLE(3, 1, 3, 1));                                   \
-    } while (0)
-
-/* Four voxels at positions (qz, qy, qx) = (pz, py, px) + flow, lanes at p .. p+3 in memory.
- * nifti is a constant where this is inlined. */
-__attribute__((target("avx2"), always_inline)) static inline void
-warp4_zeros(float *y, const float *src, const float *flow, int64_t C, int64_t N, int64_t p,
-            __m256d pz, __m256d py, __m256d px, const warp_vconst *k, const int nifti)
-{
-    const __m256d qz = _mm256_add_pd(pz, _mm256_cvtps_pd(_mm_loadu_ps(flow + p)));
-    const __m256d qy = _mm256_add_pd(py, _mm256_cvtps_pd(_mm_loadu_ps(flow + N + p)));
-    const __m256d qx = _mm256_add_pd(px, _mm256_cvtps_pd(_mm_loadu_ps(flow + 2 * N + p)));
-    const __m256d fz = _mm256_floor_pd(qz), fy = _mm256_floor_pd(qy), fx = _mm256_floor_pd(qx);
-    const __m128i iz = _mm256_cvttpd_epi32(fz), iy = _mm256_cvttpd_epi32(fy),
-                  ix = _mm256_cvttpd_epi32(fx);
-    const __m256d one = _mm256_set1_pd(1.0);
-    const __m256d tz = _mm256_sub_pd(qz, fz), ty = _mm256_sub_pd(qy, fy),
-                  tx = _mm256_sub_pd(qx, fx);
-    const __m256d wz0 = _mm256_sub_pd(one, tz), wy0 = _mm256_sub_pd(one, ty),
-                  wx0 = _mm256_sub_pd(one, tx);
-    const __m256d w00 = _mm256_mul_pd(wz0, wy0), w01 = _mm256_mul_pd(wz0, ty),
-                  w10 = _mm256_mul_pd(tz, wy0), w11 = _mm256_mul_pd(tz, ty);
-    const __m128i o = _mm_add_epi32(_mm_add_epi32(_mm_mullo_epi32(iz, k->sz),
-                                                  _mm_mullo_epi32(iy, k->sy)),
-                                    _mm_mullo_epi32(ix, k->sx));
-    const __m128i inner = _mm_and_si128(
-        _mm_and_si128(_mm_cmpeq_epi32(_mm_min_epu32(iz, k->dlim), iz),
-                      _mm_cmpeq_epi32(_mm_min_epu32(iy, k->hlim), iy)),
-        _mm_cmpeq_epi32(_mm_min_epu32(ix, k->wlim), ix));
-    if (_mm_movemask_ps(_mm_castsi128_ps(inner)) == 15) {
-        int32_t oi[4];
-        _mm_storeu_si128((__m128i *)oi, o);
-        /* the corner weights, in the scalar order: (z, y, x) = 000, 001, 010, ..., 111 */
-        const __m256d k0 = _mm256_mul_pd(w00, wx0), k1 = _mm256_mul_pd(w00, tx),
-                      k2 = _mm256_mul_pd(w01, wx0), k3 = _mm256_mul_pd(w01, tx),
-                      k4 = _mm256_mul_pd(w10, wx0), k5 = _mm256_mul_pd(w10, tx),
-                      k6 = _mm256_mul_pd(w11, wx0), k7 = _mm256_mul_pd(w11, tx);
-        /* the four rows of corner pairs: offsets 0, r1, r2, r1 + r2 */
-        const int32_t r1 = nifti ? k->ox : k->oy, r2 = nifti ? k->oy : k->oz;
-        for (int64_t c = 0; c < C; c++) {
-            const float *s = src + c * N;
-            /* The hardware prefetchers follow the four rows of corners while the field keeps
-             * them, but lose them where it moves them (a smooth field does so all along a row):
-             * ask for the lines 256 bytes ahead on the rows of this group. */
-            const char *pf = (const char *)(s + oi[3] + 64);
-            _mm_prefetch(pf, _MM_HINT_T0);
-            _mm_prefetch(pf + 4 * r1, _MM_HINT_T0);
-            _mm_prefetch(pf + 4 * r2, _MM_HINT_T0);
-            _mm_prefetch(pf + 4 * (r1 + r2), _MM_HINT_T0);
-            __m256d v = _mm256_setzero_pd(); /* as the scalar v = 0 */
-            __m128 a0, a1, b0, b1, c0, c1, d0, d1;
-            WARP_PAIRS(s, oi, a0, a1);
-            WARP_PAIRS(s + r1, oi, b0, b1);
-            WARP_PAIRS(s + r2, oi, c0, c1);
-            WARP_PAIRS(s + r2 + r1, oi, d0, d1);
-            if (!nifti) { /* pairs along x: corners (0,1), (2,3), (4,5), (6,7) */
-                v = WARP_ACC(v, k0, a0), v = WARP_ACC(v, k1, a1);
-                v = WARP_ACC(v, k2, b0), v = WARP_ACC(v, k3, b1);
-                v = WARP_ACC(v, k4, c0), v = WARP_ACC(v, k5, c1);
-                v = WARP_ACC(v, k6, d0), v = WARP_ACC(v, k7, d1);
-            } else { /* pairs along z: corners (0,4), (1,5), (2,6), (3,7) */
-                v = WARP_ACC(v, k0, a0), v = WARP_ACC(v, k1, b0);
-                v = WARP_ACC(v, k2, c0), v = WARP_ACC(v, k3, d0);
-                v = WARP_ACC(v, k4, a1), v = WARP_ACC(v, k5, b1);
-                v = WARP_ACC(v, k6, c1), v = WARP_ACC(v, k7, d1);
-            }
-            _mm_storeu_ps(y + c * N + p, _mm256_cvtpd_ps(v));
-        }
-        return;
-    }
-    const __m256d m1 = _mm256_set1_pd(-1.0);
-    const __m256d ok = _mm256_and_pd(
-        _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd(qz, m1, _CMP_GT_OQ),
-                                    _mm256_cmp_pd(qz, k->dn, _CMP_LT_OQ)),
-                      _mm256_and_pd(_mm256_cmp_pd(qy, m1, _CMP_GT_OQ),
-                                    _mm256_cmp_pd(qy, k->hn, _CMP_LT_OQ))),
-        _mm256_and_pd(_mm256_cmp_pd(qx, m1, _CMP_GT_OQ), _mm256_cmp_pd(qx, k->wn, _CMP_LT_OQ)));
-    const int okm = _mm256_movemask_pd(ok);
-    if (!okm) {
-        for (int64_t c = 0; c < C; c++)
-            _mm_storeu_ps(y + c * N + p, _mm_setzero_ps());
-        return;
-    }
-    /* lanes with q in (-1, n) on every axis have floors in [-1, n-1] */
-    const __m128i okv = _mm_load_si128((const __m128i *)warp_lane_masks[okm]),
-                  mone = _mm_set1_epi32(-1);
-    const __m128i z0 = _mm_and_si128(okv, _mm_cmpgt_epi32(iz, mone)),
-                  z1 = _mm_and_si128(okv, _mm_cmpgt_epi32(k->dmax, iz)),
-                  y0 = _mm_cmpgt_epi32(iy, mone), y1 = _mm_cmpgt_epi32(k->hmax, iy),
-                  x0 = _mm_cmpgt_epi32(ix, mone), x1 = _mm_cmpgt_epi32(k->wmax, ix);
-    const __m128i m0 = _mm_and_si128(_mm_and_si128(z0, y0), x0),
-                  m1_ = _mm_and_si128(_mm_and_si128(z0, y0), x1),
-                  m2 = _mm_and_si128(_mm_and_si128(z0, y1), x0),
-                  m3 = _mm_and_si128(_mm_and_si128(z0, y1), x1),
-                  m4 = _mm_and_si128(_mm_and_si128(z1, y0), x0),
-                  m5 = _mm_and_si128(_mm_and_si128(z1, y0), x1),
-                  m6 = _mm_and_si128(_mm_and_si128(z1, y1), x0),
-                  m7 = _mm_and_si128(_mm_and_si128(z1, y1), x1);
-    const __m128i o1 = _mm_add_epi32(o, k->sx), o2 = _mm_add_epi32(o, k->sy),
-                  o3 = _mm_add_epi32(o2, k->sx), o4 = _mm_add_epi32(o, k->sz),
-                  o5 = _mm_add_epi32(o4, k->sx), o6 = _mm_add_epi32(o4, k->sy),
-                  o7 = _mm_add_epi32(o6, k->sx);
-    const __m256d k0 = _mm256_mul_pd(w00, wx0), k1 = _mm256_mul_pd(w00, tx),
-                  k2 = _mm256_mul_pd(w01, wx0), k3 = _mm256_mul_pd(w01, tx),
-                  k4 = _mm256_mul_pd(w10, wx0), k5 = _mm256_mul_pd(w10, tx),
-                  k6 = _mm256_mul_pd(w11, wx0), k7 = _mm256_mul_pd(w11, tx);
-    const __m128 zf = _mm_setzero_ps();
-#define WARP_MG(off, m) _mm_mask_i32gather_ps(zf, s, off, _mm_castsi128_ps(m), 4)
-    for (int64_t c = 0; c < C; c++) {
-        const float *s = src + c * N;
-        __m256d v = _mm256_setzero_pd();
-        v = WARP_ACC(v, k0, WARP_MG(o, m0)), v = WARP_ACC(v, k1, WARP_MG(o1, m1_));
-        v = WARP_ACC(v, k2, WARP_MG(o2, m2)), v = WARP_ACC(v, k3, WARP_MG(o3, m3));
-        v = WARP_ACC(v, k4, WARP_MG(o4, m4)), v = WARP_ACC(v, k5, WARP_MG(o5, m5));
-        v = WARP_ACC(v, k6, WARP_MG(o6, m6)), v = WARP_ACC(v, k7, WARP_MG(o7, m7));
-        v = _mm256_and_pd(v, ok); /* NaN weights of lanes outside */
-        _mm_storeu_ps(y + c * N + p, _mm256_cvtpd_ps(v));
-    }
-#undef WARP_MG
-}
-
-/* the rows of warp_zeros_avx2, nifti and C constants where they are literals */
-#define WARP_ZEROS_ROWS(nifti, C)                                                              \
-    WARP_ROWS({                                                                                \
-        const __m256d a = _mm256_set1_pd((double)r1), b = _mm256_set1_pd((double)r2);          \
-        const int64_t row = r1 * ((nifti) ? g->sx : g->sz) + r2 * g->sy;                       \
-        __m256d lanes = iota;                                                                  \
-        int64_t l = 0;                                                                         \
-        for (; l + 4 <= L; l += 4, lanes = _mm256_add_pd(lanes, four))                         \
-            warp4_zeros(y, src, flow, C, N, row + l, (nifti) ? lanes : a, b,                   \
-                        (nifti) ? a : lanes, &k, nifti);                                       \
-        for (; l < L; l++)                                                                     \
-            warp_voxel_zeros(y, src, flow, C, g, (nifti) ? l : r1, r2, (nifti) ? r1 : l);      \
-    })
-
-__attribute__((target("avx2"))) static void
-warp_zeros_avx2(float *y, const float *src, const float *flow, int64_t C, const warp_grid *g)
-{
-    const warp_vconst k = warp_vconst_of(g);
-    const __m256d iota = _mm256_set_pd(3, 2, 1, 0), four = _mm256_set1_pd(4.0);
-    const int64_t N = g->N, L = g->nifti ? g->D : g->W;
-    if (!g->nifti && C == 1) /* one channel, the common case, without a channel loop */
-        WARP_ZEROS_ROWS(0, 1);
-    else if (!g->nifti)
-        WARP_ZEROS_ROWS(0, C);
-    else if (C == 1)
-        WARP_ZEROS_ROWS(1, 1);
-    else
-        WARP_ZEROS_ROWS(1, C);
-}
-#undef WARP_ZEROS_ROWS
 
 /* Nearest, four voxels: r = round(q) in the current rounding mode (nearbyint's), inside when
  * 0 <= r < n on every axis; a masked gather copies the 32 bits (F32 or I32). */
@@ -432,7 +654,7 @@ warp4_nearest(uint32_t *y, const uint32_t *src, const float *flow, int64_t C, in
                       _mm_mullo_epi32(_mm256_cvttpd_epi32(ry), k->sy)),
         _mm_mullo_epi32(_mm256_cvttpd_epi32(rx), k->sx));
     /* four scalar loads (lanes outside read element 0, then masked) beat a masked gather;
-     * the line 256 bytes ahead is asked for, as in warp4_zeros */
+     * the line 256 bytes ahead is asked for, as in warp8_inner */
     const __m128i m = _mm_load_si128((const __m128i *)warp_lane_masks[inm]);
     int32_t oi[4];
     _mm_storeu_si128((__m128i *)oi, _mm_and_si128(o, m));
@@ -473,17 +695,19 @@ warp_nearest_avx2(uint32_t *y, const uint32_t *src, const float *flow, int64_t C
 #define WARP_HAVE_AVX2 1
 #endif
 
-/* The vector paths, where the CPU has AVX2 and the offsets fit (LM_WARP_SCALAR=1 in the
- * environment forces the scalar code, for tests that compare the two). */
-static int warp_use_avx2(const warp_grid *g)
+/* The vector paths, where the CPU has AVX2 (and FMA, for the trilinear one) and the offsets
+ * fit (LM_WARP_SCALAR=1 in the environment forces the scalar code, for tests that compare the
+ * two). */
+static int warp_use_avx2(const warp_grid *g, int fma)
 {
 #ifdef WARP_HAVE_AVX2
-    if (g->N + g->sz + g->sy + g->sx < INT32_MAX && __builtin_cpu_supports("avx2")) {
+    if (g->N + g->sz + g->sy + g->sx < INT32_MAX && __builtin_cpu_supports("avx2") &&
+        (!fma || __builtin_cpu_supports("fma"))) {
         const char *e = getenv("LM_WARP_SCALAR");
         return !(e && *e == '1');
     }
 #else
-    (void)g;
+    (void)g, (void)fma;
 #endif
     return 0;
 }
@@ -501,7 +725,7 @@ int lm_cpu_warp_fwd(lm_backend *be, float *y, const float *src, const float *flo
     if (a->padding != LM_PAD_BORDER) {
         const warp_grid g = grid_of(a);
 #ifdef WARP_HAVE_AVX2
-        if (warp_use_avx2(&g)) {
+        if (warp_use_avx2(&g, 1)) {
             warp_zeros_avx2(y, src, flow, a->C, &g);
             return 0;
         }
@@ -617,7 +841,7 @@ int lm_cpu_warp_nearest(lm_backend *be, void *y, const void *src, const float *f
                  lm_cpu_dtype_name(dt));
     const warp_grid g = grid_of(a);
 #ifdef WARP_HAVE_AVX2
-    if (warp_use_avx2(&g)) {
+    if (warp_use_avx2(&g, 0)) {
         warp_nearest_avx2(y, src, flow, a->C, &g);
         return 0;
     }

@@ -331,8 +331,10 @@ static void t_paths_and_orders(void)
 {
     KT_COVER(warp_fwd);
     KT_COVER(warp_nearest);
-    static const int grids[4][3] = {{7, 5, 13}, {9, 6, 8}, {16, 12, 20}, {5, 3, 4}};
-    for (int gi = 0; gi < 4; gi++)
+    /* the size-1 axes: an AVX2 path once read out of bounds there (its n-2 limit wrapped) */
+    static const int grids[][3] = {{7, 5, 13}, {9, 6, 8}, {16, 12, 20}, {5, 3, 4},
+                                   {1, 5, 19}, {9, 1, 17}, {6, 7, 1},   {1, 1, 24}};
+    for (int gi = 0; gi < (int)(sizeof grids / sizeof *grids); gi++)
         for (int C = 1; C <= 3; C += 2)
             for (int amp = 0; amp < 2; amp++) {
                 const int D = grids[gi][0], H = grids[gi][1], W = grids[gi][2];
