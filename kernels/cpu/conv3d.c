@@ -353,13 +353,13 @@ static int fwd_s1_planes(float *y, const float *x, const float *w, const float *
  * Each tap also prefetches the next tile's inputs in its row. Wide rows (Wo >= 16) are tiled
  * row by row, narrow ones as one run over the plane. Threads take output planes; a thread
  * keeps the last three input planes it prepared in a ring. Below CONV_PAR_FLOPS one thread
- * does it all: there a second one cost more than it saved, in wall-clock time, on the 2-core
- * machine the benchmarks run on (fork, join, and a team that the machine's other work
- * deschedules: at 16->32 24x20x24 s2, 40 MFLOP, 0.7-1.0 ms with one thread against 1.4-1.7 ms
- * with two). */
+ * does it all: there a second one costs more (fork, join) than it saves. On an idle 2-core
+ * machine the 40 MFLOP layer 16->32 24x20x24 s2 takes 0.6 ms on two threads against 0.7 ms on
+ * one; when other work keeps a core busy, one thread wins (0.7-1.0 ms against 1.4-1.7 ms), so
+ * the bar sits just below that layer. */
 #define CONV_MR 4  /* most output channels in a micro-tile */
 #define CONV_KC 96 /* taps per block */
-#define CONV_PAR_FLOPS (1 << 26)
+#define CONV_PAR_FLOPS (1 << 22)
 
 typedef struct {
     const geom *g;
