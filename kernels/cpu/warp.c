@@ -1,14 +1,15 @@
 /* warp.c — the spatial transformer of MODEL.md §8 on the CPU: trilinear backward warp with
  * zeros or border padding (forward, and backward to the source and to the flow), nearest warp
  * of images or label maps, and flow composition r ⊕ U (§7.4). Coordinates and weights are in
- * double (common/lm_kmath.h, lm_k_lin_axis). The flow gradient is a per-voxel gather
- * (parallel over voxels); the source gradient is a scatter, parallel over channels only, each
- * channel in voxel order, so the bits never depend on the thread count. The zeros-padding
- * forward interpolates along x, then y, then z (fma, in double) and has an eight-voxel vector
- * path for AVX2+FMA CPUs; the nearest warp has a four-voxel one for AVX2 CPUs; both vector
- * paths give the scalar code's bits, and both also run on volumes in NIfTI's array order (D
- * fastest; LM_WARP_NIFTI_ORDER), voxel for voxel the same values, so that lm-warp needs no
- * transposes.
+ * double (common/lm_kmath.h, lm_k_lin_axis) but for the zeros-padding forward, which works in
+ * float, as PyTorch's grid_sample does (the CUDA backend keeps double). The flow gradient is a
+ * per-voxel gather (parallel over voxels); the source gradient is a scatter, parallel over
+ * channels only, each channel in voxel order, so the bits never depend on the thread count. The
+ * zeros-padding forward interpolates along x, then y, then z (fma, in float) and has an
+ * eight-voxel vector path for AVX2+FMA CPUs; the nearest warp has a four-voxel one for AVX2
+ * CPUs; both vector paths give the scalar code's bits, and both also run on volumes in NIfTI's
+ * array order (D fastest; LM_WARP_NIFTI_ORDER), voxel for voxel the same values, so that
+ * lm-warp needs no transposes.
  * Not here: integration of velocity fields, resampling between grids.
  */
 #include "cpu.h"
@@ -82,25 +83,25 @@ static warp_grid grid_of(const lm_warp_args *a)
 }
 
 /* One axis of a sample point q = pos + f: i = floor(q) = pos + floor(f), exact, and
- * t = q - floor(q) = f - floor(f) in double (exact but where f is tiny and negative, then
- * rounded once). Returns whether q is in (-1, n), the test that some corner is inside; NaN,
- * infinite and huge f (floor outside the int32 range, where the vector code's conversion gives
- * INT32_MIN) are outside. */
-static inline int warp_axis(float f, int64_t pos, int64_t n, int64_t *i, double *t)
+ * t = q - floor(q) = f - floor(f) in float (exact but where f is tiny and negative, then
+ * rounded once, possibly to 1: corner i then weighs 0, i + 1 = pos all). Returns whether q is
+ * in (-1, n), the test that some corner is inside; NaN, infinite and huge f (floor outside the
+ * int32 range, where the vector code's conversion gives INT32_MIN) are outside. */
+static inline int warp_axis(float f, int64_t pos, int64_t n, int64_t *i, float *t)
 {
     const float fl = floorf(f);
     if (!(fl >= -2147483648.0f && fl < 2147483648.0f))
         return 0;
     *i = pos + (int64_t)fl;
-    *t = (double)f - floor((double)f);
+    *t = f - fl;
     return *i >= -1 && *i <= n - 1 && !(*i == -1 && f == fl);
 }
 
 /* (1 - t)·a + t·b as fma(t, b, w·a), w = 1 - t */
-#define WARP_LERP(w, t, a, b) fma(t, b, (w) * (a))
+#define WARP_LERP(w, t, a, b) fmaf(t, b, (w) * (a))
 
 /* Zero padding, the common case, without the derivative bookkeeping of corners_at: nested
- * linear interpolation in double, along x, then y, then z, a corner outside reading 0; the
+ * linear interpolation in float, along x, then y, then z, a corner outside reading 0; the
  * vector path does the same operations, hence the same bits. One voxel, all channels. */
 static inline void warp_voxel_zeros(float *y, const float *src, const float *flow, int64_t C,
                                     const warp_grid *g, int64_t z, int64_t yy, int64_t xx)
@@ -108,31 +109,31 @@ static inline void warp_voxel_zeros(float *y, const float *src, const float *flo
     const int64_t N = g->N, D = g->D, H = g->H, W = g->W, sz = g->sz, sy = g->sy, sx = g->sx;
     const int64_t p = z * sz + yy * sy + xx * sx;
     int64_t z0 = 0, y0 = 0, x0 = 0;
-    double tz = 0, ty = 0, tx = 0;
+    float tz = 0, ty = 0, tx = 0;
     if (!(warp_axis(flow[p], z, D, &z0, &tz) & warp_axis(flow[N + p], yy, H, &y0, &ty) &
           warp_axis(flow[2 * N + p], xx, W, &x0, &tx))) { /* every corner outside */
         for (int64_t c = 0; c < C; c++)
             y[c * N + p] = 0.0f;
         return;
     }
-    const double wz = 1.0 - tz, wy = 1.0 - ty, wx = 1.0 - tx;
+    const float wz = 1.0f - tz, wy = 1.0f - ty, wx = 1.0f - tx;
     const int inz[2] = {z0 >= 0, z0 + 1 < D}, iny[2] = {y0 >= 0, y0 + 1 < H},
               inx[2] = {x0 >= 0, x0 + 1 < W};
     for (int64_t c = 0; c < C; c++) {
         const float *sc = src + c * N;
-        double s[2][2][2];
+        float s[2][2][2];
         for (int a = 0; a < 2; a++)
             for (int b = 0; b < 2; b++)
                 for (int e = 0; e < 2; e++)
                     s[a][b][e] = inz[a] && iny[b] && inx[e]
                                      ? sc[(z0 + a) * sz + (y0 + b) * sy + (x0 + e) * sx]
-                                     : 0.0;
-        const double h00 = WARP_LERP(wx, tx, s[0][0][0], s[0][0][1]),
-                     h01 = WARP_LERP(wx, tx, s[0][1][0], s[0][1][1]),
-                     h10 = WARP_LERP(wx, tx, s[1][0][0], s[1][0][1]),
-                     h11 = WARP_LERP(wx, tx, s[1][1][0], s[1][1][1]);
-        const double g0 = WARP_LERP(wy, ty, h00, h01), g1 = WARP_LERP(wy, ty, h10, h11);
-        y[c * N + p] = (float)WARP_LERP(wz, tz, g0, g1);
+                                     : 0.0f;
+        const float h00 = WARP_LERP(wx, tx, s[0][0][0], s[0][0][1]),
+                    h01 = WARP_LERP(wx, tx, s[0][1][0], s[0][1][1]),
+                    h10 = WARP_LERP(wx, tx, s[1][0][0], s[1][0][1]),
+                    h11 = WARP_LERP(wx, tx, s[1][1][0], s[1][1][1]);
+        const float g0 = WARP_LERP(wy, ty, h00, h01), g1 = WARP_LERP(wy, ty, h10, h11);
+        y[c * N + p] = WARP_LERP(wz, tz, g0, g1);
     }
 }
 
@@ -198,12 +199,12 @@ static void warp_nearest_scalar(void *y, const void *src, const float *flow, int
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 /* The trilinear vector path (zeros padding), for CPUs with AVX2 and FMA: eight voxels of a row
- * at a time, in two halves of four for the double arithmetic. Each lane does the scalar code's
+ * at a time (in halves of four where some corner is outside). Each lane does the scalar code's
  * operations in its order with its rounding, so the bits are the same:
  *  - per axis, floor(f) in float, converted to int32 (NaN, infinite and huge f give INT32_MIN)
  *    and added to the lane's position, wrapping: what wraps is far outside, as it is for the
- *    scalar code in int64; t = (double)f - floor((double)f), w = 1 - t;
- *  - four voxels whose 32 corners are all inside (0 <= i <= n-2 on every axis, tested as the
+ *    scalar code in int64; t = f - floor(f), w = 1 - t, in float;
+ *  - eight voxels whose 64 corners are all inside (0 <= i <= n-2 on every axis, tested as the
  *    sign of i | (n-2-i)) read their corners as adjacent pairs along the memory-fastest axis
  *    (the pair axis P; rows of pairs along the other two) and interpolate as WARP_LERP;
  *  - four whose rows of pairs are all inside read the pairs from clamped places and put the
@@ -234,35 +235,46 @@ __attribute__((target("avx2"))) static warp_tconst warp_tconst_of(const warp_gri
     return k;
 }
 
-/* WARP_LERP of four lanes */
-#define WARP_VLERP(w, t, a, b) _mm256_fmadd_pd(t, b, _mm256_mul_pd(w, a))
+/* WARP_LERP of four lanes, and of eight */
+#define WARP_VLERP(w, t, a, b) _mm_fmadd_ps(t, b, _mm_mul_ps(w, a))
+#define WARP_VLERP8(w, t, a, b) _mm256_fmadd_ps(t, b, _mm256_mul_ps(w, a))
 
-/* The interpolation of four voxels from their eight corners c[zyx] (double), with the weights
- * w*, t* in scope: along x, then y, then z, as the scalar code */
-#define WARP_INTERP4(c000, c001, c010, c011, c100, c101, c110, c111)                           \
-    WARP_VLERP(wz, tz,                                                                         \
-               WARP_VLERP(wy, ty, WARP_VLERP(wx, tx, c000, c001), WARP_VLERP(wx, tx, c010, c011)), \
-               WARP_VLERP(wy, ty, WARP_VLERP(wx, tx, c100, c101), WARP_VLERP(wx, tx, c110, c111)))
+/* The interpolation of four (eight) voxels from their eight corners c[zyx], with the weights
+ * w*, t* in scope: along x, then y, then z, as the scalar code (L: the lerp of four or eight) */
+#define WARP_INTERP_L(L, c000, c001, c010, c011, c100, c101, c110, c111)                      \
+    L(wz, tz, L(wy, ty, L(wx, tx, c000, c001), L(wx, tx, c010, c011)),                         \
+      L(wy, ty, L(wx, tx, c100, c101), L(wx, tx, c110, c111)))
+#define WARP_INTERP4(...) WARP_INTERP_L(WARP_VLERP, __VA_ARGS__)
+#define WARP_INTERP8(...) WARP_INTERP_L(WARP_VLERP8, __VA_ARGS__)
 
 /* The same from the rows of pairs of WARP_ROWS4: pairs along x, rows y0, y1, then z1 in the
  * DHW order; pairs along z, rows x0, x1, then y1 in the NIfTI order */
 #define WARP_INTERP_ROWS(nifti)                                                                \
     ((nifti) ? WARP_INTERP4(a0, b0, c0, d0, a1, b1, c1, d1)                                    \
              : WARP_INTERP4(a0, a1, b0, b1, c0, c1, d0, d1))
+#define WARP_INTERP_ROWS8(nifti)                                                               \
+    ((nifti) ? WARP_INTERP8(a0, b0, c0, d0, a1, b1, c1, d1)                                    \
+             : WARP_INTERP8(a0, a1, b0, b1, c0, c1, d0, d1))
 
-/* t = (double)f - floor((double)f) of four lanes */
-__attribute__((target("avx2"), always_inline)) static inline __m256d warp_t(__m128 f)
+/* t = f - floor(f) of four lanes, and of eight */
+__attribute__((target("avx2"), always_inline)) static inline __m128 warp_t(__m128 f)
 {
-    const __m256d d = _mm256_cvtps_pd(f);
-    return _mm256_sub_pd(d, _mm256_floor_pd(d));
+    return _mm_sub_ps(f, _mm_floor_ps(f));
+}
+__attribute__((target("avx2"), always_inline)) static inline __m256 warp_t8(__m256 f)
+{
+    return _mm256_sub_ps(f, _mm256_floor_ps(f));
 }
 
-/* w = 1 - t of the three axes, in scope */
+/* w = 1 - t of the three axes, in scope; four lanes, and eight */
 #define WARP_W                                                                                 \
-    const __m256d one_ = _mm256_set1_pd(1.0), wz = _mm256_sub_pd(one_, tz),                    \
-                  wy = _mm256_sub_pd(one_, ty), wx = _mm256_sub_pd(one_, tx)
+    const __m128 one_ = _mm_set1_ps(1.0f), wz = _mm_sub_ps(one_, tz), wy = _mm_sub_ps(one_, ty), \
+                 wx = _mm_sub_ps(one_, tx)
+#define WARP_W8                                                                                \
+    const __m256 one_ = _mm256_set1_ps(1.0f), wz = _mm256_sub_ps(one_, tz),                    \
+                 wy = _mm256_sub_ps(one_, ty), wx = _mm256_sub_ps(one_, tx)
 
-/* The four rows of corner pairs of four lanes, at s + o[l] + {0, r1, r2, r12}, as doubles:
+/* The four rows of corner pairs of four lanes, at s + o[l] + {0, r1, r2, r12}:
  * the firsts a0, b0, c0, d0 and the seconds a1, b1, c1, d1 of the rows; loaded lane by lane,
  * lanes 0 and 1 into the low and high halves of x*, lanes 2 and 3 into w* */
 #define WARP_ROWS4(s, o, r1, r2, r12)                                                          \
@@ -286,28 +298,60 @@ __attribute__((target("avx2"), always_inline)) static inline __m256d warp_t(__m1
     w1_ = _mm_loadh_pi(w1_, (const __m64 *)(q_ + (r1)));                                       \
     w2_ = _mm_loadh_pi(w2_, (const __m64 *)(q_ + (r2)));                                       \
     w3_ = _mm_loadh_pi(w3_, (const __m64 *)(q_ + (r12)));                                      \
-    __m256d a0 = _mm256_cvtps_pd(_mm_shuffle_ps(x0_, w0_, _MM_SHUFFLE(2, 0, 2, 0))),            \
-            a1 = _mm256_cvtps_pd(_mm_shuffle_ps(x0_, w0_, _MM_SHUFFLE(3, 1, 3, 1))),            \
-            b0 = _mm256_cvtps_pd(_mm_shuffle_ps(x1_, w1_, _MM_SHUFFLE(2, 0, 2, 0))),            \
-            b1 = _mm256_cvtps_pd(_mm_shuffle_ps(x1_, w1_, _MM_SHUFFLE(3, 1, 3, 1))),            \
-            c0 = _mm256_cvtps_pd(_mm_shuffle_ps(x2_, w2_, _MM_SHUFFLE(2, 0, 2, 0))),            \
-            c1 = _mm256_cvtps_pd(_mm_shuffle_ps(x2_, w2_, _MM_SHUFFLE(3, 1, 3, 1))),            \
-            d0 = _mm256_cvtps_pd(_mm_shuffle_ps(x3_, w3_, _MM_SHUFFLE(2, 0, 2, 0))),            \
-            d1 = _mm256_cvtps_pd(_mm_shuffle_ps(x3_, w3_, _MM_SHUFFLE(3, 1, 3, 1)))
+    __m128 a0 = _mm_shuffle_ps(x0_, w0_, _MM_SHUFFLE(2, 0, 2, 0)),                             \
+           a1 = _mm_shuffle_ps(x0_, w0_, _MM_SHUFFLE(3, 1, 3, 1)),                             \
+           b0 = _mm_shuffle_ps(x1_, w1_, _MM_SHUFFLE(2, 0, 2, 0)),                             \
+           b1 = _mm_shuffle_ps(x1_, w1_, _MM_SHUFFLE(3, 1, 3, 1)),                             \
+           c0 = _mm_shuffle_ps(x2_, w2_, _MM_SHUFFLE(2, 0, 2, 0)),                             \
+           c1 = _mm_shuffle_ps(x2_, w2_, _MM_SHUFFLE(3, 1, 3, 1)),                             \
+           d0 = _mm_shuffle_ps(x3_, w3_, _MM_SHUFFLE(2, 0, 2, 0)),                             \
+           d1 = _mm_shuffle_ps(x3_, w3_, _MM_SHUFFLE(3, 1, 3, 1))
+
+/* Two pairs, at q + o[l] and q + o[m], in the low and high halves of an __m128 */
+#define WARP_PAIR2(q, o, l, m)                                                                 \
+    _mm_loadh_pi(_mm_castpd_ps(_mm_load_sd((const double *)((q) + (o)[l]))),                   \
+                 (const __m64 *)((q) + (o)[m]))
+/* The same for eight lanes: the firsts f and seconds s of the pairs of row q of the lanes
+ * o[0..7], lanes in order (shuffle_ps works within 128-bit halves: lanes 0, 1, 4, 5 in one
+ * register, 2, 3, 6, 7 in the other) */
+#define WARP_ROW8(q, o, f, s)                                                                  \
+    const __m256 f##A_ = _mm256_set_m128(WARP_PAIR2(q, o, 4, 5), WARP_PAIR2(q, o, 0, 1)),       \
+                 f##B_ = _mm256_set_m128(WARP_PAIR2(q, o, 6, 7), WARP_PAIR2(q, o, 2, 3));       \
+    const __m256 f = _mm256_shuffle_ps(f##A_, f##B_, _MM_SHUFFLE(2, 0, 2, 0)),                 \
+                 s = _mm256_shuffle_ps(f##A_, f##B_, _MM_SHUFFLE(3, 1, 3, 1))
+#define WARP_ROWS8(s_, o, r1, r2, r12)                                                         \
+    WARP_ROW8((s_), o, a0, a1);                                                                \
+    WARP_ROW8((s_) + (r1), o, b0, b1);                                                         \
+    WARP_ROW8((s_) + (r2), o, c0, c1);                                                         \
+    WARP_ROW8((s_) + (r12), o, d0, d1)
 
 /* Four voxels, all of whose corners are inside, at element p: o = their first corners,
  * t* = their fractions, r1 and r2 the offsets of the second and third rows of corner pairs
  * (the fourth at r1 + r2). nifti is a constant where this is inlined. */
 __attribute__((target("avx2,fma"), always_inline)) static inline void
 warp4_inner(float *y, const float *src, int64_t C, int64_t N, int64_t p, const int32_t *o,
-            __m256d tz, __m256d ty, __m256d tx, const int64_t r1, const int64_t r2,
-            const int nifti)
+            __m128 tz, __m128 ty, __m128 tx, const int64_t r1, const int64_t r2, const int nifti)
 {
     WARP_W;
     const int64_t r12 = r1 + r2;
     for (int64_t c = 0; c < C; c++) {
         WARP_ROWS4(src + c * N, o, r1, r2, r12);
-        _mm_storeu_ps(y + c * N + p, _mm256_cvtpd_ps(WARP_INTERP_ROWS(nifti)));
+        _mm_storeu_ps(y + c * N + p, WARP_INTERP_ROWS(nifti));
+    }
+}
+
+/* The same for eight voxels */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+warp8_inner_rows(float *y, const float *src, int64_t C, int64_t N, int64_t p, const int32_t *o,
+                 __m256 tz, __m256 ty, __m256 tx, const int64_t r1, const int64_t r2,
+                 const int nifti)
+{
+    WARP_W8;
+    const int64_t r12 = r1 + r2;
+    for (int64_t c = 0; c < C; c++) {
+        const float *s = src + c * N;
+        WARP_ROWS8(s, o, r1, r2, r12);
+        _mm256_storeu_ps(y + c * N + p, WARP_INTERP_ROWS8(nifti));
     }
 }
 
@@ -319,7 +363,7 @@ warp4_inner(float *y, const float *src, int64_t C, int64_t N, int64_t p, const i
  * reads 0, and a lane with every corner outside is set to 0. */
 __attribute__((target("avx2,fma"), always_inline)) static inline void
 warp4_pedge(float *y, const float *src, int64_t C, int64_t N, int64_t p, __m128i o, __m128i iP,
-            __m128 fP, __m128 lP, __m256d tz, __m256d ty, __m256d tx, __m128i nP,
+            __m128 fP, __m128 lP, __m128 tz, __m128 ty, __m128 tx, __m128i nP,
             const int64_t r1, const int64_t r2, const int nifti)
 {
     const __m128i mone = _mm_set1_epi32(-1), mtwo = _mm_set1_epi32(-2),
@@ -330,21 +374,21 @@ warp4_pedge(float *y, const float *src, int64_t C, int64_t N, int64_t p, __m128i
     const __m128i cP = _mm_min_epi32(_mm_max_epi32(iP, _mm_setzero_si128()), nm2);
     int32_t oc[4];
     _mm_storeu_si128((__m128i *)oc, _mm_add_epi32(o, _mm_sub_epi32(cP, iP)));
-#define WARP_M64(m) _mm256_castsi256_pd(_mm256_cvtepi32_epi64(m))
-    const __m256d m0 = WARP_M64(_mm_and_si128(ok, _mm_cmpgt_epi32(iP, mone))),
-                  m1 = WARP_M64(_mm_and_si128(ok, _mm_cmpgt_epi32(nm1, iP))),
-                  sf = WARP_M64(_mm_cmpeq_epi32(iP, nm1)), ss = WARP_M64(_mm_cmpeq_epi32(iP, mone)),
-                  okd = WARP_M64(ok);
-#undef WARP_M64
+#define WARP_M32(m) _mm_castsi128_ps(m)
+    const __m128 m0 = WARP_M32(_mm_and_si128(ok, _mm_cmpgt_epi32(iP, mone))),
+                 m1 = WARP_M32(_mm_and_si128(ok, _mm_cmpgt_epi32(nm1, iP))),
+                 sf = WARP_M32(_mm_cmpeq_epi32(iP, nm1)), ss = WARP_M32(_mm_cmpeq_epi32(iP, mone)),
+                 okd = WARP_M32(ok);
+#undef WARP_M32
     WARP_W;
     const int64_t r12 = r1 + r2;
     for (int64_t c = 0; c < C; c++) {
         WARP_ROWS4(src + c * N, oc, r1, r2, r12);
 #define WARP_FIX(f, s)                                                                         \
     do {                                                                                       \
-        const __m256d f_ = f;                                                                  \
-        f = _mm256_and_pd(_mm256_blendv_pd(f_, s, sf), m0);                                    \
-        s = _mm256_and_pd(_mm256_blendv_pd(s, f_, ss), m1);                                    \
+        const __m128 f_ = f;                                                                   \
+        f = _mm_and_ps(_mm_blendv_ps(f_, s, sf), m0);                                          \
+        s = _mm_and_ps(_mm_blendv_ps(s, f_, ss), m1);                                          \
     } while (0)
         WARP_FIX(a0, a1);
         WARP_FIX(b0, b1);
@@ -352,8 +396,7 @@ warp4_pedge(float *y, const float *src, int64_t C, int64_t N, int64_t p, __m128i
         WARP_FIX(d0, d1);
 #undef WARP_FIX
         /* lanes outside: NaN weights */
-        const __m256d v = _mm256_and_pd(WARP_INTERP_ROWS(nifti), okd);
-        _mm_storeu_ps(y + c * N + p, _mm256_cvtpd_ps(v));
+        _mm_storeu_ps(y + c * N + p, _mm_and_ps(WARP_INTERP_ROWS(nifti), okd));
     }
 }
 
@@ -380,7 +423,7 @@ warp4_edge(float *y, const float *src, int64_t C, int64_t N, int64_t p, __m128i 
             _mm_storeu_ps(y + c * N + p, zf);
         return;
     }
-    const __m256d tz = warp_t(fz), ty = warp_t(fy), tx = warp_t(fx);
+    const __m128 tz = warp_t(fz), ty = warp_t(fy), tx = warp_t(fx);
     WARP_W;
     const __m128i z0 = _mm_and_si128(ok, _mm_cmpgt_epi32(iz, mone)),
                   z1 = _mm_and_si128(ok, _mm_cmpgt_epi32(_mm256_castsi256_si128(k->nm1[0]), iz)),
@@ -401,18 +444,16 @@ warp4_edge(float *y, const float *src, int64_t C, int64_t N, int64_t p, __m128i 
     const __m128i o1 = _mm_add_epi32(o, sx), o2 = _mm_add_epi32(o, sy), o3 = _mm_add_epi32(o2, sx),
                   o4 = _mm_add_epi32(o, sz), o5 = _mm_add_epi32(o4, sx),
                   o6 = _mm_add_epi32(o4, sy), o7 = _mm_add_epi32(o6, sx);
-    const __m256d okd = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(ok));
-#define WARP_MG(off, m)                                                                        \
-    _mm256_cvtps_pd(_mm_mask_i32gather_ps(zf, s, off, _mm_castsi128_ps(m), 4))
+    const __m128 okd = _mm_castsi128_ps(ok);
+#define WARP_MG(off, m) _mm_mask_i32gather_ps(zf, s, off, _mm_castsi128_ps(m), 4)
     for (int64_t c = 0; c < C; c++) {
         const float *s = src + c * N;
-        const __m256d c000 = WARP_MG(o, m0), c001 = WARP_MG(o1, m1), c010 = WARP_MG(o2, m2),
+        const __m128 c000 = WARP_MG(o, m0), c001 = WARP_MG(o1, m1), c010 = WARP_MG(o2, m2),
                       c011 = WARP_MG(o3, m3), c100 = WARP_MG(o4, m4), c101 = WARP_MG(o5, m5),
                       c110 = WARP_MG(o6, m6), c111 = WARP_MG(o7, m7);
         /* lanes outside: NaN weights */
-        const __m256d v =
-            _mm256_and_pd(WARP_INTERP4(c000, c001, c010, c011, c100, c101, c110, c111), okd);
-        _mm_storeu_ps(y + c * N + p, _mm256_cvtpd_ps(v));
+        const __m128 v = WARP_INTERP4(c000, c001, c010, c011, c100, c101, c110, c111);
+        _mm_storeu_ps(y + c * N + p, _mm_and_ps(v, okd));
     }
 #undef WARP_MG
 }
@@ -468,7 +509,7 @@ warp8_mixed(float *y, const float *src, const float *flow, int64_t C, int64_t N,
     for (int h = 0; h < 2; h++) {
         const int64_t ph = p + 4 * h;
         const __m128i oh = h ? WARP_HI(o) : WARP_LO(o);
-        const __m256d tzh = warp_t(_mm_loadu_ps(flow + ph)),
+        const __m128 tzh = warp_t(_mm_loadu_ps(flow + ph)),
                       tyh = warp_t(_mm_loadu_ps(flow + N + ph)),
                       txh = warp_t(_mm_loadu_ps(flow + 2 * N + ph));
         if (((m >> (4 * h)) & 15) == 15)
@@ -527,10 +568,9 @@ warp8_inner(float *y, const float *src, const float *flow, int64_t C, int64_t N,
         _mm_prefetch((const char *)(pf + r2), _MM_HINT_T0);
         _mm_prefetch((const char *)(pf + r1 + r2), _MM_HINT_T0);
     }
-    for (int h = 0; h < 8; h += 4)
-        warp4_inner(y, src, C, N, p + h, o + h, warp_t(_mm_loadu_ps(flow + p + h)),
-                    warp_t(_mm_loadu_ps(flow + N + p + h)),
-                    warp_t(_mm_loadu_ps(flow + 2 * N + p + h)), r1, r2, nifti);
+    warp8_inner_rows(y, src, C, N, p, o, warp_t8(_mm256_loadu_ps(flow + p)),
+                     warp_t8(_mm256_loadu_ps(flow + N + p)),
+                     warp_t8(_mm256_loadu_ps(flow + 2 * N + p)), r1, r2, nifti);
 }
 
 /* One row of voxels: (z, y) = (r1, r2) in the DHW order, (x, y) = (r1, r2) in the NIfTI order;
