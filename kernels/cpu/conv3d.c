@@ -23,6 +23,7 @@
 #include "cpu.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -364,8 +365,9 @@ static int fwd_s1_planes(float *y, const float *x, const float *w, const float *
 typedef struct {
     const geom *g;
     const float *x, *b;
-    float *w; /* the weights by blocks of mr channels: [co0·Cin·27 + k·mr + m] for tap
-               * k = (kd·Cin + ci)·9 + kh·3 + kw */
+    const float *w; /* the weights, [Cout, Cin·27] as given */
+    int *wo;        /* [Cin·27] where tap k = (kd·Cin + ci)·9 + kh·3 + kw is in a row of w:
+                     * ci·27 + kd·9 + kh·3 + kw */
     float *y;
     int *off;       /* [Cin·9] offset of tap (ci, kh, kw) in a prepared slot */
     int64_t Wp;     /* row pitch of a prepared plane (and of q) */
@@ -379,13 +381,14 @@ typedef struct {
 /* For the ntl tiles s of 8·NV voxels (out, in and xq + 8·NV·s) and the nb blocks i of MR
  * channels (out + i·MR·ldo, in + i·MR·ldi, b + i·MR, w + i·MR·K27), out[m·ldo + 8j + l] =
  * in[m·ldi + 8j + l] + c (in given) or c, where c is the FMA chain init +
- * Σ_{t in [t0,t1)} w[t·MR + m]·xq[xo[t] + 8j + l] in order, init = b[m] (b given) or 0. The NV
- * vectors of x are loaded first, then each weight broadcast; where that needs more than the 16
- * vector registers, the MR weights first, then each vector. */
+ * Σ_{t in [t0,t1)} w[m·K27 + wo[t]]·xq[xo[t] + 8j + l] in order, init = b[m] (b given) or 0.
+ * The NV vectors of x are loaded first, then each weight broadcast; where that needs more than
+ * the 16 vector registers, the MR weights first, then each vector. */
 #define CONV_UKR(MR, NV)                                                                           \
     __attribute__((target("avx2,fma"))) static void conv_ukr##MR##_##NV(                           \
         float *out, int64_t ldo, const float *in, int64_t ldi, const float *b, const float *xq,    \
-        const int *xo, int t0, int t1, const float *w, int64_t K27, int nb, int ntl)               \
+        const int *xo, const int *wo, int t0, int t1, const float *w, int64_t K27, int nb,         \
+        int ntl)                                                                                   \
     {                                                                                              \
         for (int i = 0; i < nb * ntl; i++) {                                                       \
             const int s = i / nb, ib = i - s * nb;                                                 \
@@ -400,7 +403,7 @@ typedef struct {
             }                                                                                      \
             const float *wi = w + MR * ib * K27;                                                   \
             for (int t = t0; t < t1; t++) {                                                        \
-                const float *p = xs + xo[t], *wt = wi + (int64_t)t * MR;                           \
+                const float *p = xs + xo[t], *wt = wi + wo[t];                                     \
                 _mm_prefetch((const char *)(p + 8 * NV + 16), _MM_HINT_T0);                        \
                 if (MR * NV + NV + 1 <= 16) {                                                      \
                     __m256 xv[NV];                                                                 \
@@ -408,14 +411,14 @@ typedef struct {
                         _mm256_loadu_ps(p + 8 * j);                                                \
                     _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++)                           \
                     {                                                                              \
-                        const __m256 wv = _mm256_broadcast_ss(wt + m);                             \
+                        const __m256 wv = _mm256_broadcast_ss(wt + m * K27);                       \
                         _Pragma("GCC unroll 8") for (int j = 0; j < NV; j++) acc[m][j] =           \
                             _mm256_fmadd_ps(wv, xv[j], acc[m][j]);                                 \
                     }                                                                              \
                 } else {                                                                           \
                     __m256 wv[MR];                                                                 \
                     _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++) wv[m] =                   \
-                        _mm256_broadcast_ss(wt + m);                                               \
+                        _mm256_broadcast_ss(wt + m * K27);                                         \
                     _Pragma("GCC unroll 8") for (int j = 0; j < NV; j++)                           \
                     {                                                                              \
                         const __m256 xv = _mm256_loadu_ps(p + 8 * j);                              \
@@ -438,12 +441,16 @@ CONV_UKR(4, 3)
 CONV_UKR(1, 4)
 CONV_UKR(2, 4)
 CONV_UKR(3, 4)
+CONV_UKR(1, 5)
+CONV_UKR(2, 5)
 
 typedef void conv_ukr_fn(float *, int64_t, const float *, int64_t, const float *, const float *,
-                         const int *, int, int, const float *, int64_t, int, int);
-/* [nv - 3][mr - 1] */
-static conv_ukr_fn *const conv_ukrs[2][CONV_MR] = {
-    {conv_ukr1_3, conv_ukr2_3, conv_ukr3_3, conv_ukr4_3}, {conv_ukr1_4, conv_ukr2_4, conv_ukr3_4}};
+                         const int *, const int *, int, int, const float *, int64_t, int, int);
+/* [nv - 3][mr - 1]; nv 4 takes up to 3 channels, nv 5 up to 2 (16 vector registers) */
+static conv_ukr_fn *const conv_ukrs[3][CONV_MR] = {
+    {conv_ukr1_3, conv_ukr2_3, conv_ukr3_3, conv_ukr4_3},
+    {conv_ukr1_4, conv_ukr2_4, conv_ukr3_4},
+    {conv_ukr1_5, conv_ukr2_5}};
 
 /* input plane zi of every channel into a prepared slot (only the data positions are written:
  * the zero borders were set once) */
@@ -522,7 +529,8 @@ __attribute__((target("avx2,fma"))) static void direct_plane(const dctx *c, int6
                 const int mr = g->Cout - co0 < c->mr ? g->Cout - co0 : c->mr;
                 const int nb = mr < c->mr ? 1 : (g->Cout - co0) / mr;
                 ukr[mr - 1](yz + co0 * nout + r * Wo, nout, NULL, NW, c->b ? c->b + co0 : NULL,
-                            ring + r * Wp, xo, k0, k1, c->w + co0 * K27, K27, nb, (int)(Wo / NW));
+                            ring + r * Wp, xo, c->wo, k0, k1, c->w + co0 * K27, K27, nb,
+                            (int)(Wo / NW));
                 co0 += nb * mr;
             }
             x0 = Wo / NW * NW;
@@ -539,8 +547,8 @@ __attribute__((target("avx2,fma"))) static void direct_plane(const dctx *c, int6
                     float *a = acc + co0 * NW;
                     ukr[mr - 1](last && direct ? yz + co0 * nout + r * Wo + x0 : a,
                                 last && direct ? nout : NW, t0 > k0 ? a : NULL, NW,
-                                c->b && t0 == k0 ? c->b + co0 : NULL, ring + q, xo, t0, t1,
-                                c->w + co0 * K27, K27, nb, 1);
+                                c->b && t0 == k0 ? c->b + co0 : NULL, ring + q, xo, c->wo, t0,
+                                t1, c->w + co0 * K27, K27, nb, 1);
                     co0 += nb * mr;
                 }
             }
@@ -558,9 +566,12 @@ __attribute__((target("avx2,fma"))) static void direct_plane(const dctx *c, int6
                 }
                 if (n > NW - l)
                     n = NW - l;
-                for (int co = 0; co < g->Cout; co++)
-                    memcpy(yz + co * nout + yo * Wo + xl, acc + co * NW + l,
-                           (size_t)n * sizeof *acc);
+                for (int co = 0; co < g->Cout; co++) { /* runs of a few floats: no memcpy */
+                    float *d = yz + co * nout + yo * Wo + xl;
+                    const float *a = acc + co * NW + l;
+                    for (int64_t i = 0; i < n; i++)
+                        d[i] = a[i];
+                }
                 l += n;
             }
         }
@@ -601,27 +612,32 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
     c.Q = (g->Ho - 1) * c.Wp + g->Wo;
     c.nv = g->Cout <= 3 ? 4 : 3; /* 3 channels: 3 by 4 vectors rather than 3 by 3 */
     c.mr = g->Cout <= 3 ? g->Cout : CONV_MR;
-    c.nw = 8 * c.nv;
     c.rowwise = g->Wo >= 16;
+    /* a plane done as one run of q: where tiles of 40 lanes (2 channels by 5 vectors) waste
+     * fewer lanes than those of 24, take them (enc conv5 at 6x5x6: one tile of 40 for the 34
+     * positions, against two of 24, each lane computed for nothing costing as much as one
+     * that counts) */
+    if (!c.rowwise && g->Cout >= 2 &&
+        (c.Q + 39) / 40 * 40 < (c.Q + 8 * c.nv - 1) / (8 * c.nv) * (8 * c.nv))
+        c.nv = 5, c.mr = 2;
+    c.nw = 8 * c.nv;
     /* the last tile reads up to nw - 1 past the end of the q range, beyond any tap */
     c.PS += c.nw;
     LM_CPU_CHECK(3 * Cin * c.PS <= INT32_MAX, "conv3d: planes too large");
     const int64_t K27 = (int64_t)Cin * 27;
     c.off = lm_cpu_scratch((size_t)Cin * 9 * sizeof *c.off);
-    c.w = lm_cpu_scratch((size_t)(g->Cout * K27) * sizeof *c.w);
-    if (!c.off || !c.w) {
+    c.wo = lm_cpu_scratch((size_t)K27 * sizeof *c.wo);
+    if (!c.off || !c.wo) {
         lm_cpu_scratch_free(c.off);
-        lm_cpu_scratch_free(c.w);
+        lm_cpu_scratch_free(c.wo);
         return -1;
     }
-    for (int co0 = 0; co0 < g->Cout; co0 += c.mr) {
-        const int mr = g->Cout - co0 < c.mr ? g->Cout - co0 : c.mr;
-        for (int m = 0; m < mr; m++)
-            for (int ci = 0; ci < Cin; ci++)
-                for (int t = 0; t < 27; t++) /* t = kd·9 + kh·3 + kw */
-                    c.w[co0 * K27 + ((t / 9 * Cin + ci) * 9 + t % 9) * mr + m] =
-                        w[(co0 + m) * K27 + ci * 27 + t];
-    }
+    /* the weights are read in place (packing them cost a fifth of the 6x5x6 layer's time) */
+    c.w = w;
+    for (int kd = 0; kd < 3; kd++)
+        for (int ci = 0; ci < Cin; ci++)
+            for (int j = 0; j < 9; j++)
+                c.wo[(kd * Cin + ci) * 9 + j] = ci * 27 + kd * 9 + j;
     for (int ci = 0; ci < Cin; ci++)
         for (int t = 0; t < 9; t++) {
             const int kh = t / 3, kw = t % 3;
@@ -632,7 +648,11 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
                 o = ((kh != 1) * 2 + (kw != 1)) * c.PH + (kh == 2) * c.Wp + (kw == 2);
             c.off[ci * 9 + t] = (int)(ci * c.PS + o);
         }
-    const int64_t chunk = (g->Do + 15) / 16;
+    /* planes to a thread at a time: a thread's consecutive planes share input planes (two of
+     * three at stride 1, one at stride 2), so few planes go in one block per thread (enc conv5:
+     * 6 planes, 3 each); the bits do not depend on who computes a plane */
+    const int64_t nth = omp_get_max_threads() > 0 ? omp_get_max_threads() : 1;
+    const int64_t chunk = g->Do < 4 * nth ? (g->Do + nth - 1) / nth : (g->Do + 15) / 16;
     const double flops = 2.0 * g->Cout * 27.0 * Cin * (double)(g->Do * g->P);
     int failed = 0;
 #pragma omp parallel if (g->Do > 1 && flops >= CONV_PAR_FLOPS)
@@ -657,7 +677,7 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
         lm_cpu_scratch_free(acc);
     }
     lm_cpu_scratch_free(c.off);
-    lm_cpu_scratch_free(c.w);
+    lm_cpu_scratch_free(c.wo);
     return failed ? -1 : 0;
 }
 #endif

@@ -108,6 +108,10 @@ static void t_paths(void)
     paths_case((lm_conv3d_args){40, 8, 4, 6, 18, 1});  /* 1080 taps: several blocks */
     paths_case((lm_conv3d_args){16, 6, 9, 11, 13, 2}); /* stride 2, odd sizes, 6 = 4 + 2 */
     paths_case((lm_conv3d_args){3, 5, 7, 40, 41, 2});  /* stride 2, rows of 21, 5 = 4 + 1 */
+    /* planes of 34 positions: one tile of 2 channels by 5 vectors (40) beats 24s and 32s */
+    paths_case((lm_conv3d_args){32, 32, 12, 10, 12, 2}); /* enc conv5 */
+    paths_case((lm_conv3d_args){6, 5, 7, 9, 11, 2});     /* 5 = 2 + 2 + 1 channels */
+    paths_case((lm_conv3d_args){4, 3, 5, 9, 11, 2});     /* 3 channels: 2 + 1 */
     paths_case((lm_conv3d_args){2, 2, 3, 3, 3, 2});
     paths_case((lm_conv3d_args){1, 1, 1, 1, 1, 1});
     paths_case((lm_conv3d_args){3, 2, 1, 4, 1, 2});
@@ -204,7 +208,8 @@ static void t_threads_fwd(void)
 {
     KT_COVER(conv3d_fwd);
     static const lm_conv3d_args shapes[] = {
-        {16, 32, 48, 40, 48, 2}, {96, 32, 12, 10, 12, 1}, {8, 3, 24, 80, 96, 1}};
+        {16, 32, 48, 40, 48, 2}, {96, 32, 12, 10, 12, 1}, {8, 3, 24, 80, 96, 1},
+        {32, 32, 12, 10, 12, 2}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         lm_conv3d_args a = shapes[i];
         int s = a.stride;
