@@ -1,4 +1,9 @@
-/* atomic.c — temporary-then-rename output with cleanup on exit and on signals. */
+/* atomic.c — temporary-then-rename output with cleanup on exit and on signals.
+ * The registry of temporaries grows without bound (lm-register stages three files per pair of
+ * a directory): a table that is replaced, never changed in place where a signal handler might
+ * be reading it -- a larger copy is made with the signals blocked and published by one pointer
+ * store; the old one is left allocated (a handler running in another thread may still read
+ * it), so at most about as much again as the largest table is never freed. */
 #include "lm_atomic.h"
 
 #include "lm_error.h"
@@ -10,8 +15,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SLOTS 64
-static char *slots[SLOTS];
+typedef struct {
+    size_t cap;
+    char *v[]; /* registered names; NULL where free */
+} table;
+static table *volatile tab;
 static int installed;
 static unsigned counter;
 static int durable = -1; /* -1: from LM_FSYNC */
@@ -20,9 +28,10 @@ void lm_atomic_durable(int on) { durable = on; }
 
 static void on_signal(int sig)
 {
-    for (int i = 0; i < SLOTS; i++)
-        if (slots[i])
-            unlink(slots[i]); /* async-signal-safe */
+    table *t = tab;
+    for (size_t i = 0; t && i < t->cap; i++)
+        if (t->v[i])
+            unlink(t->v[i]); /* async-signal-safe */
     signal(sig, SIG_DFL);
     raise(sig);
 }
@@ -62,23 +71,37 @@ static int reg(char *name)
     install();
     block(&old);
     int ok = -1;
-    for (int i = 0; i < SLOTS; i++)
-        if (!slots[i]) {
-            slots[i] = name;
+    table *t = tab;
+    for (size_t i = 0; t && i < t->cap; i++)
+        if (!t->v[i]) {
+            t->v[i] = name;
             ok = 0;
             break;
         }
+    if (ok < 0) { /* full: a table twice as large, published whole */
+        const size_t cap = t ? 2 * t->cap : 64;
+        table *n = calloc(1, sizeof *n + cap * sizeof n->v[0]);
+        if (n) {
+            n->cap = cap;
+            if (t)
+                memcpy(n->v, t->v, t->cap * sizeof t->v[0]);
+            n->v[t ? t->cap : 0] = name;
+            tab = n;
+            ok = 0;
+        }
+    }
     sigprocmask(SIG_SETMASK, &old, NULL);
-    return ok < 0 ? lm_error_set("too many open output files") : 0;
+    return ok < 0 ? lm_error_set("out of memory") : 0;
 }
 
 static void unreg(const char *name)
 {
     sigset_t old;
     block(&old);
-    for (int i = 0; i < SLOTS; i++)
-        if (slots[i] == name)
-            slots[i] = NULL;
+    table *t = tab;
+    for (size_t i = 0; t && i < t->cap; i++)
+        if (t->v[i] == name)
+            t->v[i] = NULL;
     sigprocmask(SIG_SETMASK, &old, NULL);
 }
 
@@ -86,10 +109,11 @@ void lm_atomic_cleanup(void)
 {
     sigset_t old;
     block(&old);
-    for (int i = 0; i < SLOTS; i++)
-        if (slots[i]) {
-            unlink(slots[i]);
-            slots[i] = NULL; /* the name itself leaks at exit; harmless */
+    table *t = tab;
+    for (size_t i = 0; t && i < t->cap; i++)
+        if (t->v[i]) {
+            unlink(t->v[i]);
+            t->v[i] = NULL; /* the name itself leaks at exit; harmless */
         }
     sigprocmask(SIG_SETMASK, &old, NULL);
 }

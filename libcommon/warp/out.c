@@ -8,148 +8,9 @@
 #include "io/lm_error.h"
 #include "prep/lm_prep.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-
-/* ---- staged files: hidden temporaries removed at exit and on signals ------------------------
- * lm_atomic.h keeps a fixed number of temporaries, fewer than a directory of pairs needs, so the
- * staged names are kept here: a growing list, changed with the signals blocked, unlinked by an
- * atexit handler and by a signal handler that then hands the signal on to the one it replaced
- * (lm_atomic's, installed first: lm_warp_out_open makes a temporary through it). */
-
-static char **stg;
-static size_t nstg, capstg;
-static const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
-static struct sigaction prev_sa[3];
-static unsigned stg_counter;
-static int at_exit_set;
-
-static void unlink_staged(void)
-{
-    for (size_t i = 0; i < nstg; i++)
-        if (stg[i])
-            unlink(stg[i]); /* async-signal-safe */
-}
-
-static void on_signal(int sig)
-{
-    unlink_staged();
-    for (int k = 0; k < 3; k++)
-        if (sigs[k] == sig)
-            sigaction(sig, &prev_sa[k], NULL);
-    raise(sig); /* pending until this handler returns, then the previous disposition's */
-}
-
-static void block(sigset_t *old)
-{
-    sigset_t s;
-    sigemptyset(&s);
-    for (int k = 0; k < 3; k++)
-        sigaddset(&s, sigs[k]);
-    sigprocmask(SIG_BLOCK, &s, old);
-}
-
-static void at_exit(void)
-{
-    sigset_t old;
-    block(&old);
-    unlink_staged();
-    nstg = 0;
-    sigprocmask(SIG_SETMASK, &old, NULL);
-}
-
-/* Ours on top of whatever handles the signals now (an inherited "ignore" is kept). */
-static void hook_signals(void)
-{
-    for (int k = 0; k < 3; k++) {
-        struct sigaction cur, sa;
-        if (sigaction(sigs[k], NULL, &cur) < 0 || cur.sa_handler == on_signal ||
-            cur.sa_handler == SIG_IGN)
-            continue;
-        prev_sa[k] = cur;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = on_signal;
-        sigemptyset(&sa.sa_mask);
-        sigaction(sigs[k], &sa, NULL);
-    }
-}
-
-static int track(char *name)
-{
-    sigset_t old;
-    int rc = 0;
-    if (!at_exit_set) {
-        atexit(at_exit);
-        at_exit_set = 1;
-    }
-    block(&old);
-    if (nstg == capstg) {
-        size_t cap = capstg ? 2 * capstg : 16;
-        char **p = realloc(stg, cap * sizeof *p);
-        if (p) {
-            stg = p;
-            capstg = cap;
-        }
-    }
-    if (nstg < capstg)
-        stg[nstg++] = name;
-    else
-        rc = lm_error_set("out of memory");
-    sigprocmask(SIG_SETMASK, &old, NULL);
-    hook_signals();
-    return rc;
-}
-
-static void untrack(const char *name)
-{
-    sigset_t old;
-    block(&old);
-    for (size_t i = 0; i < nstg; i++)
-        if (stg[i] == name)
-            stg[i] = NULL;
-    while (nstg && !stg[nstg - 1])
-        nstg--;
-    sigprocmask(SIG_SETMASK, &old, NULL);
-}
-
-/* A new empty hidden file beside path, ".lmtmp.PID.wN.<basename>" (the extension kept),
- * tracked; *tmp its malloc'ed name. */
-static int stage_name(const char *path, char **tmp)
-{
-    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
-    int dirlen = slash ? (int)(slash - path + 1) : 0;
-    size_t cap = strlen(path) + 64;
-    char *name = malloc(cap);
-    if (!name)
-        return lm_error_set("out of memory");
-    for (int tries = 0; tries < 100; tries++) {
-        snprintf(name, cap, "%.*s.lmtmp.%ld.w%u.%s", dirlen, path, (long)getpid(), stg_counter++,
-                 base);
-        int fd = open(name, O_WRONLY | O_CREAT | O_EXCL, 0666);
-        if (fd >= 0) {
-            close(fd);
-            if (track(name) < 0) {
-                unlink(name);
-                free(name);
-                return -1;
-            }
-            *tmp = name;
-            return 0;
-        }
-        if (errno != EEXIST) {
-            lm_error_set("cannot create output: %s", strerror(errno));
-            free(name);
-            return -1;
-        }
-    }
-    free(name);
-    return lm_error_set("cannot create a temporary output name");
-}
 
 /* ---- the output object ------------------------------------------------------------------------ */
 
@@ -166,8 +27,7 @@ struct lm_warp_out {
     long nfiles, capfiles;
 };
 
-/* Whether a file can be created beside path (through lm_atomic, which also installs its
- * signal handlers before ours). */
+/* Whether a file can be created beside path. */
 static int probe(const char *path, const char *what)
 {
     char *tmp;
@@ -209,8 +69,6 @@ lm_warp_out *lm_warp_out_open(const char *out, const char *exp, int flags)
         free(o);
         return NULL;
     }
-    if (o->staged)
-        hook_signals();
     return o;
 }
 
@@ -241,7 +99,8 @@ static int write_file(lm_warp_out *o, const char *path, const lm_tensor *t,
     staged_file *f = &o->files[o->nfiles];
     if (!(f->path = strdup(path)))
         return lm_error_set("out of memory");
-    if (stage_name(path, &f->tmp) < 0) {
+    /* a new empty hidden file beside path (lm_atomic.h: removed at exit and on signals) */
+    if (lm_atomic_tmpname(path, &f->tmp) < 0) {
         free(f->path);
         return lm_error_prefix("%s", path);
     }
@@ -333,16 +192,13 @@ int lm_warp_out_put(lm_warp_out *o, lm_warper *w, const lm_record *rec, long idx
     return lm_warp_out_images(o, rec, idx) < 0 || lm_warp_out_field(o, w, rec, idx) < 0 ? -1 : 0;
 }
 
+/* Removes the temporaries from `from` on and frees everything */
 static void release(lm_warp_out *o, long from)
 {
-    for (long i = from; i < o->nfiles; i++) {
-        unlink(o->files[i].tmp);
-        untrack(o->files[i].tmp);
-    }
-    for (long i = 0; i < o->nfiles; i++) {
-        free(o->files[i].tmp);
+    for (long i = from; i < o->nfiles; i++)
+        lm_atomic_abort(NULL, o->files[i].tmp);
+    for (long i = 0; i < o->nfiles; i++)
         free(o->files[i].path);
-    }
     for (long i = 0; i < o->nseen; i++)
         free(o->seen[i]);
     free(o->seen);
@@ -356,14 +212,12 @@ int lm_warp_out_commit(lm_warp_out *o)
         return 0;
     long i = 0;
     int rc = 0;
-    for (; i < o->nfiles; i++) {
-        if (rename(o->files[i].tmp, o->files[i].path) < 0) {
-            rc = lm_error_set("%s: cannot rename the output into place: %s", o->files[i].path,
-                              strerror(errno));
+    for (; i < o->nfiles; i++) /* renames, or removes the temporary, and frees its name */
+        if (lm_atomic_commit(NULL, o->files[i].tmp, o->files[i].path) < 0) {
+            rc = lm_error_prefix("%s", o->files[i].path);
+            i++;
             break;
         }
-        untrack(o->files[i].tmp);
-    }
     release(o, i);
     return rc;
 }

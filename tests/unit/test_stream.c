@@ -4,6 +4,7 @@
  * atomic output (abort, signals), terminal refusal, broken pipes; records read as views,
  * compression levels (defaults per output, LM_ZSTD_LEVEL), the asynchronous pipe writer. */
 #include "cli/lm_cli.h"
+#include "io/lm_atomic.h"
 #include "io/lm_error.h"
 #include "io/lm_stream.h"
 #include "lm_test.h"
@@ -384,6 +385,54 @@ static void t_atomic(void)
     lm_record_free(&r);
 }
 
+/* More temporaries than the registry's first table (64) -- lm-register stages three files per
+ * pair -- all removed on SIGTERM, at exit, and by abort; every commit lands. */
+static void t_atomic_many(void)
+{
+    enum { MANY = 300 };
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/atomic_many", lm_test_tmpdir());
+    mkdir(dir, 0755);
+    for (int how = 0; how < 2; how++) { /* SIGTERM, exit(1) */
+        pid_t pid = fork();
+        if (pid == 0) {
+            char p[1100], *tmp;
+            for (int i = 0; i < MANY; i++) {
+                snprintf(p, sizeof p, "%s/f%03d.nii.gz", dir, i);
+                if (lm_atomic_tmpname(p, &tmp) < 0)
+                    _exit(4);
+            }
+            if (count_files(dir, ".lmtmp") != MANY)
+                _exit(5);
+            if (how == 0)
+                raise(SIGTERM);
+            exit(1);
+        }
+        int st;
+        waitpid(pid, &st, 0);
+        LM_CHECK(how == 0 ? WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM
+                          : WIFEXITED(st) && WEXITSTATUS(st) == 1,
+                 "child %d: status %d", how, st);
+        LM_CHECK(count_files(dir, ".lmtmp") == 0, "%s left %d temporaries",
+                 how ? "exit(1)" : "SIGTERM", count_files(dir, ".lmtmp"));
+    }
+    char *tmp[MANY], p[1100];
+    for (int i = 0; i < MANY; i++) {
+        snprintf(p, sizeof p, "%s/f%03d.nii.gz", dir, i);
+        LM_CHECK(lm_atomic_tmpname(p, &tmp[i]) == 0, "temporary %d: %s", i, lm_error());
+    }
+    for (int i = 0; i < MANY; i++) { /* every other one lands, the rest are dropped */
+        snprintf(p, sizeof p, "%s/f%03d.nii.gz", dir, i);
+        if (i % 2)
+            lm_atomic_abort(NULL, tmp[i]);
+        else
+            LM_CHECK(lm_atomic_commit(NULL, tmp[i], p) == 0, "commit %d: %s", i, lm_error());
+    }
+    LM_CHECK(count_files(dir, ".lmtmp") == 0 && count_files(dir, "f") == MANY / 2,
+             "%d temporaries and %d outputs left", count_files(dir, ".lmtmp"),
+             count_files(dir, "f"));
+}
+
 static void t_terminal_and_pipe(void)
 {
     int st;
@@ -673,6 +722,7 @@ static const lm_test_case cases[] = {
     {"lying_sizes", t_lying_sizes},
     {"bounded_memory", t_bounded_memory},
     {"atomic_output", t_atomic},
+    {"atomic_output_many", t_atomic_many},
     {"terminal_and_broken_pipe", t_terminal_and_pipe},
     {"views", t_views},
     {"levels", t_levels},
