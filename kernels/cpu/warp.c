@@ -207,10 +207,10 @@ static void warp_nearest_scalar(void *y, const void *src, const float *flow, int
  *  - eight voxels whose 64 corners are all inside (0 <= i <= n-2 on every axis, tested as the
  *    sign of i | (n-2-i)) read their corners as adjacent pairs along the memory-fastest axis
  *    (the pair axis P; rows of pairs along the other two) and interpolate as WARP_LERP;
- *  - four whose rows of pairs are all inside read the pairs from clamped places and put the
- *    corners right (warp4_pedge); any other four take masked gathers (warp4_edge). Both take
- *    the scalar test q in (-1, n) per axis: a corner outside reads 0, as in the scalar code,
- *    and a lane with every corner outside is set to 0.
+ *  - any other four read the same rows of pairs from clamped places and put the corners
+ *    right (warp4_clamp), or, on grids with an axis of extent 1, take masked gathers
+ *    (warp4_edge). Both take the scalar test q in (-1, n) per axis: a corner outside reads 0,
+ *    as in the scalar code, and a lane with every corner outside is set to 0.
  * A row is done in chunks of up to WARP_CHUNK groups of eight, in two passes: the first finds
  * the groups' first corners and whether they are all inside, the second reads and interpolates,
  * so that the reads of one group need not wait for the address arithmetic of the next.
@@ -219,6 +219,7 @@ typedef struct {
     __m256i n[3], nm1[3], nm2[3]; /* n, n - 1 and n - 2 per axis (z, y, x) */
     __m256i sz, sy, sx;           /* the strides */
     int32_t oz, oy, ox;
+    int all2; /* every extent >= 2: warp4_clamp can take any four voxels */
 } warp_tconst;
 
 __attribute__((target("avx2"))) static warp_tconst warp_tconst_of(const warp_grid *g)
@@ -232,6 +233,7 @@ __attribute__((target("avx2"))) static warp_tconst warp_tconst_of(const warp_gri
     }
     k.oz = (int32_t)g->sz, k.oy = (int32_t)g->sy, k.ox = (int32_t)g->sx;
     k.sz = _mm256_set1_epi32(k.oz), k.sy = _mm256_set1_epi32(k.oy), k.sx = _mm256_set1_epi32(k.ox);
+    k.all2 = g->D >= 2 && g->H >= 2 && g->W >= 2;
     return k;
 }
 
@@ -355,51 +357,6 @@ warp8_inner_rows(float *y, const float *src, int64_t C, int64_t N, int64_t p, co
     }
 }
 
-/* Four voxels whose corner rows are all inside but whose pairs may not be: iP, fP, lP are the
- * floors, displacements and their floors along the pair axis P (the memory-fastest, of extent
- * nP >= 2), o the first corners. The q in (-1, nP) test of the scalar code along P; each pair
- * read from where it starts at clamp(iP, 0, nP - 2), so inside the volume: its first element
- * is corner iP + 1 where iP = -1, its second corner iP where iP = nP - 1; a corner outside
- * reads 0, and a lane with every corner outside is set to 0. */
-__attribute__((target("avx2,fma"), always_inline)) static inline void
-warp4_pedge(float *y, const float *src, int64_t C, int64_t N, int64_t p, __m128i o, __m128i iP,
-            __m128 fP, __m128 lP, __m128 tz, __m128 ty, __m128 tx, __m128i nP,
-            const int64_t r1, const int64_t r2, const int nifti)
-{
-    const __m128i mone = _mm_set1_epi32(-1), mtwo = _mm_set1_epi32(-2),
-                  nm1 = _mm_add_epi32(nP, mone), nm2 = _mm_add_epi32(nP, mtwo);
-    const __m128i ok = _mm_andnot_si128(
-        _mm_and_si128(_mm_cmpeq_epi32(iP, mone), _mm_castps_si128(_mm_cmpeq_ps(fP, lP))),
-        _mm_and_si128(_mm_cmpgt_epi32(iP, mtwo), _mm_cmpgt_epi32(nP, iP)));
-    const __m128i cP = _mm_min_epi32(_mm_max_epi32(iP, _mm_setzero_si128()), nm2);
-    int32_t oc[4];
-    _mm_storeu_si128((__m128i *)oc, _mm_add_epi32(o, _mm_sub_epi32(cP, iP)));
-#define WARP_M32(m) _mm_castsi128_ps(m)
-    const __m128 m0 = WARP_M32(_mm_and_si128(ok, _mm_cmpgt_epi32(iP, mone))),
-                 m1 = WARP_M32(_mm_and_si128(ok, _mm_cmpgt_epi32(nm1, iP))),
-                 sf = WARP_M32(_mm_cmpeq_epi32(iP, nm1)), ss = WARP_M32(_mm_cmpeq_epi32(iP, mone)),
-                 okd = WARP_M32(ok);
-#undef WARP_M32
-    WARP_W;
-    const int64_t r12 = r1 + r2;
-    for (int64_t c = 0; c < C; c++) {
-        WARP_ROWS4(src + c * N, oc, r1, r2, r12);
-#define WARP_FIX(f, s)                                                                         \
-    do {                                                                                       \
-        const __m128 f_ = f;                                                                   \
-        f = _mm_and_ps(_mm_blendv_ps(f_, s, sf), m0);                                          \
-        s = _mm_and_ps(_mm_blendv_ps(s, f_, ss), m1);                                          \
-    } while (0)
-        WARP_FIX(a0, a1);
-        WARP_FIX(b0, b1);
-        WARP_FIX(c0, c1);
-        WARP_FIX(d0, d1);
-#undef WARP_FIX
-        /* lanes outside: NaN weights */
-        _mm_storeu_ps(y + c * N + p, _mm_and_ps(WARP_INTERP_ROWS(nifti), okd));
-    }
-}
-
 /* Any four voxels: the scalar test and masked gathers. o = the first corners, f* the
  * displacements, l* their floors, i* the floors of the sample points. */
 __attribute__((target("avx2,fma"), always_inline)) static inline void
@@ -458,6 +415,80 @@ warp4_edge(float *y, const float *src, int64_t C, int64_t N, int64_t p, __m128i 
 #undef WARP_MG
 }
 
+/* Any four voxels, on a grid whose extents are all >= 2: the scalar test q in (-1, n) per axis,
+ * and the corners read as the rows of pairs of warp4_inner, from where they start at
+ * c = clamp(i, 0, n - 2) on every axis (so inside the volume), then put right axis by axis:
+ * where i = -1 the second corner is the one read first and the first is outside (0); where
+ * i = n - 1 the first is the one read second and the second is outside. i* are the floors of
+ * the sample points, f* the displacements, l* their floors; r1, r2 as for warp4_inner. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+warp4_clamp(float *y, const float *src, int64_t C, int64_t N, int64_t p, __m128i iz, __m128i iy,
+            __m128i ix, __m128 fz, __m128 fy, __m128 fx, __m128 lz, __m128 ly, __m128 lx,
+            const warp_tconst *k, const int64_t r1, const int64_t r2, const int nifti)
+{
+    const __m128i mone = _mm_set1_epi32(-1);
+    const __m128i ii[3] = {iz, iy, ix};
+    const __m128 ff[3] = {fz, fy, fx}, ll[3] = {lz, ly, lx};
+    __m128i ok = mone, cc[3];
+    __m128 lo[3], hi[3], sf[3], ss[3];
+    for (int d = 0; d < 3; d++) {
+        const __m128i i = ii[d], n = _mm256_castsi256_si128(k->n[d]),
+                      nm1 = _mm256_castsi256_si128(k->nm1[d]),
+                      nm2 = _mm256_castsi256_si128(k->nm2[d]);
+        /* q in (-1, n): -1 <= i <= n - 1, and not q = -1 (i = -1, f integral) */
+        ok = _mm_and_si128(
+            ok, _mm_andnot_si128(_mm_and_si128(_mm_cmpeq_epi32(i, mone),
+                                               _mm_castps_si128(_mm_cmpeq_ps(ff[d], ll[d]))),
+                                 _mm_and_si128(_mm_cmpgt_epi32(i, _mm_set1_epi32(-2)),
+                                               _mm_cmpgt_epi32(n, i))));
+        cc[d] = _mm_min_epi32(_mm_max_epi32(i, _mm_setzero_si128()), nm2);
+        lo[d] = _mm_castsi128_ps(_mm_cmpgt_epi32(i, mone)); /* corner i inside */
+        hi[d] = _mm_castsi128_ps(_mm_cmpgt_epi32(nm1, i));  /* corner i + 1 inside */
+        sf[d] = _mm_castsi128_ps(_mm_cmpeq_epi32(i, nm1));
+        ss[d] = _mm_castsi128_ps(_mm_cmpeq_epi32(i, mone));
+    }
+    if (_mm_testz_si128(ok, ok)) {
+        for (int64_t c = 0; c < C; c++)
+            _mm_storeu_ps(y + c * N + p, _mm_setzero_ps());
+        return;
+    }
+    const __m128 okf = _mm_castsi128_ps(ok);
+    const __m128 tz = warp_t(fz), ty = warp_t(fy), tx = warp_t(fx);
+    WARP_W;
+    int32_t oc[4];
+    _mm_storeu_si128((__m128i *)oc,
+                     _mm_add_epi32(_mm_add_epi32(_mm_mullo_epi32(cc[0], _mm_set1_epi32(k->oz)),
+                                                 _mm_mullo_epi32(cc[1], _mm_set1_epi32(k->oy))),
+                                   _mm_mullo_epi32(cc[2], _mm_set1_epi32(k->ox))));
+    /* the pair axis P, then the axes of r1 and of r2 */
+    const int axP = nifti ? 0 : 2, ax1 = nifti ? 2 : 1, ax2 = nifti ? 1 : 0;
+    const int64_t r12 = r1 + r2;
+#define WARP_FIX(f, s, ax)                                                                     \
+    do {                                                                                       \
+        const __m128 f_ = f;                                                                   \
+        f = _mm_and_ps(_mm_blendv_ps(f_, s, sf[ax]), lo[ax]);                                  \
+        s = _mm_and_ps(_mm_blendv_ps(s, f_, ss[ax]), hi[ax]);                                  \
+    } while (0)
+    for (int64_t c = 0; c < C; c++) {
+        WARP_ROWS4(src + c * N, oc, r1, r2, r12);
+        WARP_FIX(a0, a1, axP);
+        WARP_FIX(b0, b1, axP);
+        WARP_FIX(c0, c1, axP);
+        WARP_FIX(d0, d1, axP);
+        WARP_FIX(a0, b0, ax1);
+        WARP_FIX(a1, b1, ax1);
+        WARP_FIX(c0, d0, ax1);
+        WARP_FIX(c1, d1, ax1);
+        WARP_FIX(a0, c0, ax2);
+        WARP_FIX(a1, c1, ax2);
+        WARP_FIX(b0, d0, ax2);
+        WARP_FIX(b1, d1, ax2);
+        /* lanes outside: NaN weights */
+        _mm_storeu_ps(y + c * N + p, _mm_and_ps(WARP_INTERP_ROWS(nifti), okf));
+    }
+#undef WARP_FIX
+}
+
 /* The displacements (f*), their floors (l*), the floors of the sample points (i*: l* as int32
  * plus the positions p*) and the first corners (o) of the eight voxels at element p */
 #define WARP8_COORDS                                                                           \
@@ -480,8 +511,8 @@ warp4_edge(float *y, const float *src, int64_t C, int64_t N, int64_t p, __m128i 
 #define WARP_LOF(v) _mm256_castps256_ps128(v)
 #define WARP_HIF(v) _mm256_extractf128_ps(v, 1)
 
-/* Eight voxels of which some corner is outside: each half by warp4_inner, warp4_pedge or
- * warp4_edge */
+/* Eight voxels of which some corner is outside: each half by warp4_inner where its corners
+ * are all inside, else by warp4_clamp, or on grids with an axis of extent 1 by warp4_edge */
 __attribute__((target("avx2,fma"), noinline)) static void
 warp8_mixed(float *y, const float *src, const float *flow, int64_t C, int64_t N, int64_t p,
             __m256i pz, __m256i py, __m256i px, const warp_tconst *k, const int nifti)
@@ -497,15 +528,6 @@ warp8_mixed(float *y, const float *src, const float *flow, int64_t C, int64_t N,
                          _mm256_and_si256(_mm256_cmpgt_epi32(iy, mone),
                                           _mm256_cmpgt_epi32(k->nm1[1], iy))),
         _mm256_and_si256(_mm256_cmpgt_epi32(ix, mone), _mm256_cmpgt_epi32(k->nm1[2], ix)))));
-    /* the rows of corner pairs all inside: 0 <= i <= n - 2 on the two row axes */
-    const __m256i i1 = nifti ? ix : iy, i2 = nifti ? iy : iz;
-    const __m256i rows =
-        _mm256_or_si256(_mm256_or_si256(i1, _mm256_sub_epi32(k->nm2[nifti ? 2 : 1], i1)),
-                        _mm256_or_si256(i2, _mm256_sub_epi32(k->nm2[nifti ? 1 : 0], i2)));
-    const int mr = _mm256_movemask_ps(_mm256_castsi256_ps(rows));
-    const __m256i iP = nifti ? iz : ix;
-    const __m256 fP = nifti ? fz : fx, lP = nifti ? lz : lx;
-    const __m128i nP = _mm256_castsi256_si128(k->n[nifti ? 0 : 2]);
     for (int h = 0; h < 2; h++) {
         const int64_t ph = p + 4 * h;
         const __m128i oh = h ? WARP_HI(o) : WARP_LO(o);
@@ -514,10 +536,13 @@ warp8_mixed(float *y, const float *src, const float *flow, int64_t C, int64_t N,
                       txh = warp_t(_mm_loadu_ps(flow + 2 * N + ph));
         if (((m >> (4 * h)) & 15) == 15)
             warp4_inner(y, src, C, N, ph, oi + 4 * h, tzh, tyh, txh, r1, r2, nifti);
-        else if (((mr >> (4 * h)) & 15) == 0)
-            warp4_pedge(y, src, C, N, ph, oh, h ? WARP_HI(iP) : WARP_LO(iP),
-                        h ? WARP_HIF(fP) : WARP_LOF(fP), h ? WARP_HIF(lP) : WARP_LOF(lP), tzh,
-                        tyh, txh, nP, r1, r2, nifti);
+        else if (k->all2)
+            warp4_clamp(y, src, C, N, ph, h ? WARP_HI(iz) : WARP_LO(iz),
+                        h ? WARP_HI(iy) : WARP_LO(iy), h ? WARP_HI(ix) : WARP_LO(ix),
+                        h ? WARP_HIF(fz) : WARP_LOF(fz), h ? WARP_HIF(fy) : WARP_LOF(fy),
+                        h ? WARP_HIF(fx) : WARP_LOF(fx), h ? WARP_HIF(lz) : WARP_LOF(lz),
+                        h ? WARP_HIF(ly) : WARP_LOF(ly), h ? WARP_HIF(lx) : WARP_LOF(lx), k, r1,
+                        r2, nifti);
         else
             warp4_edge(y, src, C, N, ph, oh, h ? WARP_HI(iz) : WARP_LO(iz),
                        h ? WARP_HI(iy) : WARP_LO(iy), h ? WARP_HI(ix) : WARP_LO(ix),
