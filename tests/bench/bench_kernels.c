@@ -4,7 +4,9 @@
  *   conv3d forward: the abdomen encoder and decoder convolutions (input 96×80×96);
  *   warp: single-channel trilinear warp, voxels/s, with a white-noise flow (random access, the
  *   worst case) and a smooth one (what registration produces); then at 192x160x192 the same in
- *   NIfTI's array order and the nearest warp of a label map.
+ *   NIfTI's array order and the nearest warp of a label map; each row beside the time of
+ *   streaming the same arrays once in order, timed just before it (the warp's memory-bound
+ *   floor, and a gauge of how busy the machine's memory is at that moment).
  * Every figure is the median of several repetitions, and the peak is measured again (median)
  * just before each section, so a machine shared with other work skews both alike. Ratios are
  * against the peak of their own section. --cpu-time times with the process's CPU time divided
@@ -113,6 +115,19 @@ static void op_warp(const op_ctx *c)
 static void op_nearest(const op_ctx *c)
 {
     check(c->be->warp_nearest(c->be, c->y, c->x, c->flow, LM_I32, &c->wa), "warp_nearest");
+}
+
+/* The warp's peer: the same arrays streamed once in order, out[p] = src[p] ^ the three flow
+ * components at p, bitwise (the least memory traffic a warp can have, and no arithmetic on
+ * label bits read as floats), with the same threads */
+static void op_stream(const op_ctx *c)
+{
+    const int64_t N = (int64_t)c->wa.D * c->wa.H * c->wa.W;
+    const uint32_t *x = (const uint32_t *)c->x, *f = (const uint32_t *)c->flow;
+    uint32_t *y = (uint32_t *)c->y;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; i++)
+        y[i] = x[i] ^ f[i] ^ f[N + i] ^ f[2 * N + i];
 }
 
 static const float *peak_a, *peak_b;
@@ -258,7 +273,10 @@ static void smooth_flow(float *flow, int D, int H, int W)
 
 static void bench_warp(lm_backend *be)
 {
-    printf("\n%-34s %10s %8s\n", "warp (1 channel, trilinear, zeros)", "Gvox/s", "ms");
+    printf("\n%-34s %10s %8s %8s\n", "warp (1 channel, trilinear, zeros)", "Gvox/s", "ms",
+           "/stream");
+    printf("(/stream: the time to stream the same arrays once in order, timed just before the row,"
+           " over the warp's)\n");
     static const int grids[2][3] = {{96, 80, 96}, {192, 160, 192}};
     /* the trilinear rows, then at 192x160x192 the NIfTI array order (what lm-warp runs on
      * NIfTI files) and the nearest warp of an I32 label map */
@@ -294,10 +312,11 @@ static void bench_warp(lm_backend *be)
         /* the volumes are synthetic, so the NIfTI order only changes which axis is fastest */
         const int pad = LM_PAD_ZEROS | (rows[r].nifti ? LM_WARP_NIFTI_ORDER : 0);
         op_ctx c = {.be = be, .y = out, .x = src, .flow = flow, .wa = {1, D, H, W, pad}};
+        const double ds = time_op(op_stream, &c, quick ? 1 : 2 * reps_opt + 1);
         double dt =
             time_op(rows[r].nearest ? op_nearest : op_warp, &c, quick ? 1 : 2 * reps_opt + 1);
         const char *name = rows[r].name;
-        printf("%-34s %10.3f %8.1f\n", name, N / dt / 1e9, dt * 1e3);
+        printf("%-34s %10.3f %8.1f %7.0f%%\n", name, N / dt / 1e9, dt * 1e3, 100 * ds / dt);
         fflush(stdout);
         free(src), free(flow), free(out);
     }
