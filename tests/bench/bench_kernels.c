@@ -133,6 +133,15 @@ static void op_stream(const op_ctx *c)
 static const float *peak_a, *peak_b;
 static float *peak_c;
 
+/* A conv layer's peer: the GEMM it amounts to, y[Cout, voxels] = W[Cout, Cin·27] · X[Cin·27,
+ * voxels] (no im2col), through OpenBLAS with its own threading */
+static int eq_m, eq_n, eq_k;
+static void op_eqgemm(const op_ctx *c)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, eq_m, eq_n, eq_k, 1.0f,
+                (const float *)c->w, eq_k, c->x, eq_n, 0.0f, c->y, eq_n);
+}
+
 static void op_peak(const op_ctx *c)
 {
     (void)c;
@@ -222,6 +231,10 @@ static void bench_gemm(lm_backend *be, int threads)
 static void bench_conv(lm_backend *be, int threads)
 {
     double peak = section_peak("conv3d forward (abdomen)", "GFLOP/s", threads);
+    printf("(last column: the time of the GEMM of the layer's size, Cout x voxels x Cin*27, "
+           "through OpenBLAS\n with %d threads and no im2col, over the layer's; '-' where its "
+           "operand would pass 1 GB)\n",
+           threads);
     static const struct {
         const char *name;
         int cin, cout, d, h, w, s;
@@ -249,7 +262,26 @@ static void bench_conv(lm_backend *be, int threads)
         op_ctx c = {.be = be, .y = cy, .x = cx, .w = cw, .b = cb, .c = a};
         double dt = time_op(op_conv, &c, reps_for(fl, 2e10));
         tot_fl += fl, tot_t += dt;
-        line(cv[i].name, fl, dt, peak);
+        double g = fl / dt / 1e9;
+        printf("%-34s %10.1f %7.0f%% %8.1f", cv[i].name, g, 100 * g / peak, dt * 1e3);
+        const int64_t K = (int64_t)a.Cin * 27;
+        float *ex = K * no * 4 <= (1LL << 30) ? malloc((size_t)(K * no) * sizeof *ex) : NULL;
+        if (ex) { /* the operand's values do not matter; zeros would be as fast */
+            for (int64_t j = 0; j < K * no; j++)
+                ex[j] = cx[j % nin];
+            eq_m = a.Cout, eq_n = (int)no, eq_k = (int)K;
+            openblas_set_num_threads(threads);
+            op_ctx e = {.y = cy, .x = ex, .w = cw};
+            double de = time_op(op_eqgemm, &e, reps_for(fl, 2e10));
+            openblas_set_num_threads(1);
+            struct timespec idle = {0, 300000000}; /* OpenBLAS's threads stop spinning */
+            nanosleep(&idle, NULL);
+            printf(" %7.0f%%\n", 100 * de / dt);
+            free(ex);
+        } else {
+            printf(" %8s\n", "-");
+        }
+        fflush(stdout);
         free(cx), free(cw), free(cb), free(cy);
     }
     line("all of the above", tot_fl, tot_t, peak);
