@@ -352,7 +352,10 @@ static int fwd_s1_planes(float *y, const float *x, const float *w, const float *
  * tile's inputs then stay in L1), and each block's FMA chain is added to the sum of the
  * blocks before it (one chain over all Cin·27 taps rounds too much for the tests at Cin = 40).
  * Each tap also prefetches the next tile's inputs in its row. Wide rows (Wo >= 16) are tiled
- * row by row, narrow ones as one run over the plane. Threads take output planes; a thread
+ * row by row, narrow ones as one run over the plane; small planes whose runs would waste a
+ * fifth of the lanes (enc conv5) put 16 output channels in the lanes instead, the positions
+ * broadcast (conv_cv_plane, weights transposed by tap per call). Threads take output planes; a
+ * thread
  * keeps the last three input planes it prepared in a ring. Below CONV_PAR_FLOPS one thread
  * does it all: there a second one costs more (fork, join) than it saves. On an idle 2-core
  * machine the 40 MFLOP layer 16->32 24x20x24 s2 takes 0.6 ms on two threads against 0.7 ms on
@@ -376,6 +379,8 @@ typedef struct {
     int64_t Q;      /* q range of an output plane: (Ho-1)·Wp + Wo */
     int mr, nv, nw; /* micro-tile: mr output channels by nv vectors (nw = 8·nv voxels) */
     int rowwise;
+    const float *wt; /* cv: the weights by tap, [Cin·27][Cout] (tap k as above) */
+    int cv;          /* output channels in vectors, positions broadcast (conv_cv_plane) */
 } dctx;
 
 /* For the ntl tiles s of 8·NV voxels (out, in and xq + 8·NV·s) and the nb blocks i of MR
@@ -482,11 +487,75 @@ __attribute__((target("avx2,fma"))) static void direct_prepare(float *slot, cons
                 _mm256_storeu_ps(
                     dodd + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xD8)));
             }
+            for (; 2 * i + 8 <= W; i += 4) { /* short rows (enc conv5: 12) */
+                const __m128 a = _mm_loadu_ps(sr + 2 * i), b = _mm_loadu_ps(sr + 2 * i + 4);
+                _mm_storeu_ps(de + i, _mm_shuffle_ps(a, b, 0x88));
+                _mm_storeu_ps(dodd + i, _mm_shuffle_ps(a, b, 0xDD));
+            }
             for (; 2 * i < W; i++) {
                 de[i] = sr[2 * i];
                 if (2 * i + 1 < W)
                     dodd[i] = sr[2 * i + 1];
             }
+        }
+    }
+}
+
+/* Planes of few positions with many output channels (enc conv5: 6x5x6 positions, 32
+ * channels): the tiles of q would compute a quarter of their lanes for nothing, so here the
+ * channels are the vector lanes instead: a micro-tile is 16 channels (two vectors of weights
+ * wt[k][co..co+15]) by CV_NP positions, each input value broadcast; taps in blocks of CONV_KC
+ * as in conv_ukr (the first block's chain starts at the bias, each later one at 0 and is added
+ * to the sum of the blocks before it), so every output element is one fixed chain. qs: the
+ * q of the plane's positions (pos = yo·Wo + xo at q = yo·Wp + xo), npos of them. */
+#define CV_NP 6
+__attribute__((target("avx2,fma"))) static void conv_cv_plane(const dctx *c, float *yz,
+                                                              const float *ring, const int *xo,
+                                                              int k0, int k1, const int *qs,
+                                                              int npos, float *part)
+{
+    const geom *g = c->g;
+    const int64_t nout = g->Do * g->P, Cout = g->Cout;
+    for (int p0 = 0; p0 < npos; p0 += CV_NP) {
+        const int np = npos - p0 < CV_NP ? npos - p0 : CV_NP;
+        int64_t q[CV_NP];
+        for (int j = 0; j < CV_NP; j++) /* a short last group repeats its last position */
+            q[j] = qs[p0 + (j < np ? j : np - 1)];
+        for (int64_t co = 0; co < Cout; co += 16) {
+            for (int t0 = k0; t0 < k1; t0 += CONV_KC) {
+                const int t1 = k1 - t0 < CONV_KC ? k1 : t0 + CONV_KC;
+                __m256 acc[2][CV_NP];
+                const int bias = t0 == k0 && c->b;
+                const __m256 b0 = bias ? _mm256_loadu_ps(c->b + co) : _mm256_setzero_ps(),
+                             b1 = bias ? _mm256_loadu_ps(c->b + co + 8) : _mm256_setzero_ps();
+                _Pragma("GCC unroll 8") for (int j = 0; j < CV_NP; j++)
+                {
+                    acc[0][j] = b0;
+                    acc[1][j] = b1;
+                }
+                for (int t = t0; t < t1; t++) {
+                    const float *x = ring + xo[t], *w = c->wt + (int64_t)t * Cout + co;
+                    const __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8);
+                    _Pragma("GCC unroll 8") for (int j = 0; j < CV_NP; j++)
+                    {
+                        const __m256 xv = _mm256_broadcast_ss(x + q[j]);
+                        acc[0][j] = _mm256_fmadd_ps(w0, xv, acc[0][j]);
+                        acc[1][j] = _mm256_fmadd_ps(w1, xv, acc[1][j]);
+                    }
+                }
+                /* part[j][16]: the sum of the blocks so far */
+                /* (unrolled: acc stays in registers) */
+                _Pragma("GCC unroll 8") for (int j = 0; j < CV_NP; j++)
+                    _Pragma("GCC unroll 2") for (int v = 0; v < 2; v++)
+                {
+                    float *pp = part + j * 16 + v * 8;
+                    _mm256_storeu_ps(pp, t0 == k0 ? acc[v][j]
+                                                  : _mm256_add_ps(_mm256_loadu_ps(pp), acc[v][j]));
+                }
+            }
+            for (int j = 0; j < np; j++)
+                for (int m = 0; m < 16; m++)
+                    yz[(co + m) * nout + qs[npos + p0 + j]] = part[j * 16 + m];
         }
     }
 }
@@ -518,6 +587,14 @@ __attribute__((target("avx2,fma"))) static void direct_plane(const dctx *c, int6
         for (int i = 0; i < nk; i++)
             xo[kd * nk + i] = (int)so[kd] + c->off[i];
     float *yz = c->y + zo * g->P;
+    if (c->cv) { /* acc: the positions' q, then their output index, then the partial sums */
+        int *qs = (int *)acc, npos = 0;
+        for (int64_t yo = 0; yo < g->Ho; yo++)
+            for (int64_t x = 0; x < Wo; x++, npos++)
+                qs[npos] = (int)(yo * Wp + x), qs[g->P + npos] = (int)(yo * Wo + x);
+        conv_cv_plane(c, yz, ring, xo, k0, k1, qs, npos, acc + 2 * g->P);
+        return;
+    }
     const int NW = c->nw;
     conv_ukr_fn *const *ukr = conv_ukrs[c->nv - 3];
     const int64_t nrow = c->rowwise ? g->Ho : 1, rlen = c->rowwise ? Wo : c->Q;
@@ -621,6 +698,10 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
         (c.Q + 39) / 40 * 40 < (c.Q + 8 * c.nv - 1) / (8 * c.nv) * (8 * c.nv))
         c.nv = 5, c.mr = 2;
     c.nw = 8 * c.nv;
+    /* where even so a fifth of the lanes would be thrown away and the channels fill vectors of
+     * 16, the channels go in the lanes (conv_cv_plane) */
+    c.cv = !c.rowwise && g->Cout % 16 == 0 &&
+           5 * g->Ho * g->Wo < 4 * ((c.Q + c.nw - 1) / c.nw * c.nw);
     /* the last tile reads up to nw - 1 past the end of the q range, beyond any tap */
     c.PS += c.nw;
     LM_CPU_CHECK(3 * Cin * c.PS <= INT32_MAX, "conv3d: planes too large");
@@ -638,6 +719,15 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
         for (int ci = 0; ci < Cin; ci++)
             for (int j = 0; j < 9; j++)
                 c.wo[(kd * Cin + ci) * 9 + j] = ci * 27 + kd * 9 + j;
+    float *wt = NULL;
+    if (c.cv) { /* by tap: wt[k·Cout + co] */
+        if (!(wt = lm_cpu_scratch((size_t)(K27 * g->Cout) * sizeof *wt))) {
+            lm_cpu_scratch_free(c.off);
+            lm_cpu_scratch_free(c.wo);
+            return -1;
+        }
+        c.wt = wt; /* filled by the threads, below */
+    }
     for (int ci = 0; ci < Cin; ci++)
         for (int t = 0; t < 9; t++) {
             const int kh = t / 3, kw = t % 3;
@@ -660,7 +750,8 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
         const size_t nring = (size_t)(3 * Cin * c.PS);
         float *ring = lm_cpu_scratch(nring * sizeof *ring);
         int *xo = lm_cpu_scratch((size_t)Cin * 27 * sizeof *xo);
-        float *acc = lm_cpu_scratch((size_t)g->Cout * c.nw * sizeof *acc);
+        const int64_t nacc = c.cv ? 2 * g->P + 16 * CV_NP : g->Cout * c.nw;
+        float *acc = lm_cpu_scratch((size_t)nacc * sizeof *acc);
         const int ok = ring && xo && acc;
         int64_t tags[3] = {-1, -1, -1};
         if (!ok) {
@@ -668,6 +759,19 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
             failed = 1;
         } else
             memset(ring, 0, nring * sizeof *ring);
+        if (wt) { /* shared out (a serial pass would keep the other threads waiting); per
+                   * (kd, ci), the nine taps of every channel: rows of 9 read, 9 rows written */
+            const int64_t Co = g->Cout;
+#pragma omp for schedule(static)
+            for (int64_t kc = 0; kc < 3 * (int64_t)Cin; kc++) {
+                const int64_t kd = kc / Cin, ci = kc % Cin;
+                float *dst = wt + kc * 9 * Co;
+                const float *src = w + ci * 27 + kd * 9;
+                for (int64_t co = 0; co < Co; co++)
+                    for (int j = 0; j < 9; j++)
+                        dst[j * Co + co] = src[co * K27 + j];
+            }
+        }
 #pragma omp for schedule(dynamic, chunk) nowait
         for (int64_t zo = 0; zo < g->Do; zo++)
             if (ok)
@@ -678,6 +782,7 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
     }
     lm_cpu_scratch_free(c.off);
     lm_cpu_scratch_free(c.wo);
+    lm_cpu_scratch_free(wt);
     return failed ? -1 : 0;
 }
 #endif

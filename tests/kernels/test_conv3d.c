@@ -112,6 +112,11 @@ static void t_paths(void)
     paths_case((lm_conv3d_args){32, 32, 12, 10, 12, 2}); /* enc conv5 */
     paths_case((lm_conv3d_args){6, 5, 7, 9, 11, 2});     /* 5 = 2 + 2 + 1 channels */
     paths_case((lm_conv3d_args){4, 3, 5, 9, 11, 2});     /* 3 channels: 2 + 1 */
+    /* channels in the lanes (16 by 6 positions): 25 positions (groups 6+6+6+6+1), 48
+     * channels, a stride-1 plane of 3x3 */
+    paths_case((lm_conv3d_args){8, 16, 7, 9, 10, 2});
+    paths_case((lm_conv3d_args){24, 48, 3, 9, 9, 2});
+    paths_case((lm_conv3d_args){16, 32, 4, 3, 3, 1});
     paths_case((lm_conv3d_args){2, 2, 3, 3, 3, 2});
     paths_case((lm_conv3d_args){1, 1, 1, 1, 1, 1});
     paths_case((lm_conv3d_args){3, 2, 1, 4, 1, 2});
