@@ -1,9 +1,11 @@
 /* atomic.c — temporary-then-rename output with cleanup on exit and on signals.
  * The registry of temporaries grows without bound (lm-register stages three files per pair of
- * a directory): a table that is replaced, never changed in place where a signal handler might
- * be reading it -- a larger copy is made with the signals blocked and published by one pointer
- * store; the old one is left allocated (a handler running in another thread may still read
- * it), so at most about as much again as the largest table is never freed. */
+ * a directory): a table of name pointers. A slot is set or cleared by one pointer store; a full
+ * table is not grown in place but replaced -- a larger copy made with the signals blocked and
+ * published by one release store (the handler loads it with acquire, so it never sees a copy
+ * half made); the old one is left allocated (a handler running in another thread may still
+ * read it), so at most about as much again as the largest table is never freed. The handler
+ * reads each slot once. Registration is meant for one thread at a time (as lm-* tools do). */
 #include "lm_atomic.h"
 
 #include "lm_error.h"
@@ -19,19 +21,23 @@ typedef struct {
     size_t cap;
     char *v[]; /* registered names; NULL where free */
 } table;
-static table *volatile tab;
+static table *tab; /* __atomic loads and stores only */
 static int installed;
 static unsigned counter;
 static int durable = -1; /* -1: from LM_FSYNC */
 
 void lm_atomic_durable(int on) { durable = on; }
 
+static table *tab_get(void) { return __atomic_load_n(&tab, __ATOMIC_ACQUIRE); }
+
 static void on_signal(int sig)
 {
-    table *t = tab;
-    for (size_t i = 0; t && i < t->cap; i++)
-        if (t->v[i])
-            unlink(t->v[i]); /* async-signal-safe */
+    table *t = tab_get();
+    for (size_t i = 0; t && i < t->cap; i++) {
+        const char *name = __atomic_load_n(&t->v[i], __ATOMIC_RELAXED);
+        if (name)
+            unlink(name); /* async-signal-safe */
+    }
     signal(sig, SIG_DFL);
     raise(sig);
 }
@@ -71,10 +77,10 @@ static int reg(char *name)
     install();
     block(&old);
     int ok = -1;
-    table *t = tab;
+    table *t = tab_get();
     for (size_t i = 0; t && i < t->cap; i++)
         if (!t->v[i]) {
-            t->v[i] = name;
+            __atomic_store_n(&t->v[i], name, __ATOMIC_RELAXED);
             ok = 0;
             break;
         }
@@ -86,7 +92,7 @@ static int reg(char *name)
             if (t)
                 memcpy(n->v, t->v, t->cap * sizeof t->v[0]);
             n->v[t ? t->cap : 0] = name;
-            tab = n;
+            __atomic_store_n(&tab, n, __ATOMIC_RELEASE);
             ok = 0;
         }
     }
@@ -98,10 +104,10 @@ static void unreg(const char *name)
 {
     sigset_t old;
     block(&old);
-    table *t = tab;
+    table *t = tab_get();
     for (size_t i = 0; t && i < t->cap; i++)
         if (t->v[i] == name)
-            t->v[i] = NULL;
+            __atomic_store_n(&t->v[i], NULL, __ATOMIC_RELAXED);
     sigprocmask(SIG_SETMASK, &old, NULL);
 }
 
@@ -109,12 +115,14 @@ void lm_atomic_cleanup(void)
 {
     sigset_t old;
     block(&old);
-    table *t = tab;
-    for (size_t i = 0; t && i < t->cap; i++)
-        if (t->v[i]) {
-            unlink(t->v[i]);
-            t->v[i] = NULL; /* the name itself leaks at exit; harmless */
+    table *t = tab_get();
+    for (size_t i = 0; t && i < t->cap; i++) {
+        char *name = t->v[i];
+        if (name) {
+            unlink(name);
+            __atomic_store_n(&t->v[i], NULL, __ATOMIC_RELAXED); /* the name leaks at exit */
         }
+    }
     sigprocmask(SIG_SETMASK, &old, NULL);
 }
 

@@ -333,7 +333,10 @@ static void t_paths_and_orders(void)
     KT_COVER(warp_nearest);
     /* the size-1 axes: an AVX2 path once read out of bounds there (its n-2 limit wrapped) */
     static const int grids[][3] = {{7, 5, 13}, {9, 6, 8}, {16, 12, 20}, {5, 3, 4},
-                                   {1, 5, 19}, {9, 1, 17}, {6, 7, 1},   {1, 1, 24}};
+                                   {1, 5, 19}, {9, 1, 17}, {6, 7, 1},   {1, 1, 24},
+                                   /* extents of 2 on rows of 8 or more in either order: the
+                                    * clamped edge path at n - 2 = 0 */
+                                   {2, 2, 16}, {16, 2, 2}, {2, 9, 8},   {8, 2, 9}};
     for (int gi = 0; gi < (int)(sizeof grids / sizeof *grids); gi++)
         for (int C = 1; C <= 3; C += 2)
             for (int amp = 0; amp < 2; amp++) {
