@@ -74,7 +74,10 @@ int lm_warp_out_too_many(const lm_warp_out *o, const char *why);
 int lm_warp_out_images(lm_warp_out *o, const lm_record *rec, long idx);
 int lm_warp_out_field(lm_warp_out *o, lm_warper *w, const lm_record *rec, long idx);
 int lm_warp_out_put(lm_warp_out *o, lm_warper *w, const lm_record *rec, long idx);
-/* Renames the staged files into place (nothing to do otherwise) and frees o (NULL: 0). */
+/* Renames the staged files into place (nothing to do otherwise) and frees o (NULL: 0). Staged:
+ * the files about to be replaced are first kept under hidden hard links, and if a rename fails
+ * the files renamed before it are put back as they were (removed where there was none); the
+ * signals are held meanwhile. */
 int lm_warp_out_commit(lm_warp_out *o);
 /* Removes the staged files and frees o (NULL: nothing). */
 void lm_warp_out_abort(lm_warp_out *o);

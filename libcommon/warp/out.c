@@ -4,13 +4,17 @@
  * together at the end (lm-register: a failed run leaves no output file). */
 #include "warp/lm_warp.h"
 
+#include "cli/lm_cli.h"
 #include "io/lm_atomic.h"
 #include "io/lm_error.h"
 #include "prep/lm_prep.h"
 
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- the output object ------------------------------------------------------------------------ */
 
@@ -206,19 +210,83 @@ static void release(lm_warp_out *o, long from)
     free(o);
 }
 
+/* A hard link to the existing file path under a new hidden name beside it, in *bak (malloc'ed);
+ * 0 with *bak = NULL where there is no such file or the file system cannot link (then that file
+ * cannot be put back), -1 (lm_error) on other errors. */
+static int backup(const char *path, char **bak)
+{
+    static unsigned n;
+    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+    const int dirlen = slash ? (int)(slash - path + 1) : 0;
+    const size_t cap = strlen(path) + 64;
+    *bak = NULL;
+    char *name = malloc(cap);
+    if (!name)
+        return lm_error_set("out of memory");
+    for (int tries = 0; tries < 100; tries++) {
+        snprintf(name, cap, "%.*s.lmtmp.%ld.b%u.%s", dirlen, path, (long)getpid(), n++, base);
+        if (link(path, name) == 0) {
+            *bak = name;
+            return 0;
+        }
+        if (errno != EEXIST)
+            break;
+    }
+    const int e = errno;
+    free(name);
+    if (e == ENOENT || e == EPERM || e == ENOTSUP || e == EXDEV || e == EMLINK || e == EEXIST)
+        return 0;
+    return lm_error_set("%s: cannot keep a copy of the file it replaces: %s", path, strerror(e));
+}
+
+/* Two phases, with SIGINT/SIGTERM/SIGHUP held until done: every file about to be replaced is
+ * first kept under a hidden hard link; then the staged files are renamed into place. If a rename
+ * fails, the files renamed before it are put back as they were (or removed where there was
+ * none) and the rest of the staged files removed, so that a failed commit also leaves the
+ * output as it was; on success the kept links are removed. */
 int lm_warp_out_commit(lm_warp_out *o)
 {
     if (!o)
         return 0;
-    long i = 0;
-    int rc = 0;
-    for (; i < o->nfiles; i++) /* renames, or removes the temporary, and frees its name */
+    sigset_t hold, old;
+    sigemptyset(&hold);
+    sigaddset(&hold, SIGINT);
+    sigaddset(&hold, SIGTERM);
+    sigaddset(&hold, SIGHUP);
+    sigprocmask(SIG_BLOCK, &hold, &old);
+    char **bak = o->nfiles ? calloc((size_t)o->nfiles, sizeof *bak) : NULL;
+    long i = 0, nb = 0;
+    int rc = o->nfiles && !bak ? lm_error_set("out of memory") : 0;
+    for (; rc == 0 && nb < o->nfiles; nb++)
+        if (backup(o->files[nb].path, &bak[nb]) < 0)
+            rc = -1;
+    for (; rc == 0 && i < o->nfiles; i++) /* renames, or removes the temporary, and frees it */
         if (lm_atomic_commit(NULL, o->files[i].tmp, o->files[i].path) < 0) {
             rc = lm_error_prefix("%s", o->files[i].path);
             i++;
+            for (long j = 0; j < i - 1; j++) { /* put back what was there */
+                if (!bak[j]) {
+                    unlink(o->files[j].path);
+                } else if (rename(bak[j], o->files[j].path) == 0) {
+                    free(bak[j]);
+                    bak[j] = NULL;
+                } else { /* the old file stays under its hidden name: never removed */
+                    lm_warn("%s: could not be put back; the previous file is %s", o->files[j].path,
+                            bak[j]);
+                    free(bak[j]);
+                    bak[j] = NULL;
+                }
+            }
             break;
         }
+    for (long j = 0; j < nb; j++)
+        if (bak && bak[j]) {
+            unlink(bak[j]);
+            free(bak[j]);
+        }
+    free(bak);
     release(o, i);
+    sigprocmask(SIG_SETMASK, &old, NULL);
     return rc;
 }
 

@@ -185,6 +185,15 @@ expect_fail "a failing pair" 1 "bad.nii.gz" \
     lm-register -w "$FULL" --pairs "$T/bad.tsv" -o "$T/empty"
 check "a failing pair: no output file, the old one kept" \
     eval '[ "$(ls -A "$T/empty")" = synth001_mr_warped.nii.gz ] && [ "$(cat "$T/empty/synth001_mr_warped.nii.gz")" = old ]'
+# a rename that fails when the files go into place (the second pair's name is taken by a
+# directory): the files renamed before it are put back as they were, the rest removed
+mkdir -p "$T/rb/synth002_warped.nii.gz/x"
+printf 'old' >"$T/rb/synth001_warped.nii.gz"
+expect_fail "a rename failing at the end" 1 "synth002_warped.nii.gz" \
+    lm-register -w "$FULL" --pairs "$S/pairs.tsv" -o "$T/rb"
+check "a rename failing at the end: the old file put back, no other file, no temporary" \
+    eval '[ "$(ls -A "$T/rb" | tr "\n" " ")" = "synth001_warped.nii.gz synth002_warped.nii.gz " ] &&
+          [ "$(cat "$T/rb/synth001_warped.nii.gz")" = old ] && [ -d "$T/rb/synth002_warped.nii.gz/x" ]'
 lm-cat -q --new -a moving="$S/synth002_mr.nii.gz" -o "$T/odd.lmt"
 cat "$T/p.lmt" "$T/odd.lmt" >"$T/bad.lmt"
 expect_fail "a failing record" 1 "bad.lmt: record 3: " \
