@@ -352,8 +352,8 @@ static int fwd_s1_planes(float *y, const float *x, const float *w, const float *
  * tile's inputs then stay in L1), and each block's FMA chain is added to the sum of the
  * blocks before it (one chain over all Cin·27 taps rounds too much for the tests at Cin = 40).
  * Each tap also prefetches the next tile's inputs in its row. Wide rows (Wo >= 16) are tiled
- * row by row, narrow ones as one run over the plane; small planes whose runs would waste a
- * fifth of the lanes (enc conv5) put 16 output channels in the lanes instead, the positions
+ * row by row, narrow ones as one run over the plane -- or, where the output channels fill
+ * vectors of 16 (enc conv4, conv5, dec S4), with the channels in the lanes and the positions
  * broadcast (conv_cv_plane, weights transposed by tap per call). Threads take output planes; a
  * thread
  * keeps the last three input planes it prepared in a ring. Below CONV_PAR_FLOPS one thread
@@ -698,10 +698,13 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
         (c.Q + 39) / 40 * 40 < (c.Q + 8 * c.nv - 1) / (8 * c.nv) * (8 * c.nv))
         c.nv = 5, c.mr = 2;
     c.nw = 8 * c.nv;
-    /* where even so a fifth of the lanes would be thrown away and the channels fill vectors of
-     * 16, the channels go in the lanes (conv_cv_plane) */
-    c.cv = !c.rowwise && g->Cout % 16 == 0 &&
-           5 * g->Ho * g->Wo < 4 * ((c.Q + c.nw - 1) / c.nw * c.nw);
+    /* planes done as one run whose channels fill vectors of 16: the channels go in the lanes
+     * (conv_cv_plane), no lane computed for nothing. Measured on the 2-core AVX2 machine, 1 and 2
+     * threads, against the runs of q: enc conv5 (32->32 6x5x6 out, a fifth of the lanes wasted)
+     * 0.19 -> 0.16 ms on one thread; enc conv4 (16->32 12x10x12 out) 1.17 -> 0.59-0.94 ms on one,
+     * 0.47-0.63 -> 0.48-0.49 ms on two; dec S4 (96->32 12x10x12, stride 1) 6.0-6.4 -> 5.1-5.4 ms
+     * on one, 2.6-3.2 -> 2.5-2.9 ms on two (medians of 200-2000 calls) */
+    c.cv = !c.rowwise && g->Cout % 16 == 0;
     /* the last tile reads up to nw - 1 past the end of the q range, beyond any tap */
     c.PS += c.nw;
     LM_CPU_CHECK(3 * Cin * c.PS <= INT32_MAX, "conv3d: planes too large");

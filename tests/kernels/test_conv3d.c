@@ -117,6 +117,7 @@ static void t_paths(void)
     paths_case((lm_conv3d_args){8, 16, 7, 9, 10, 2});
     paths_case((lm_conv3d_args){24, 48, 3, 9, 9, 2});
     paths_case((lm_conv3d_args){16, 32, 4, 3, 3, 1});
+    paths_case((lm_conv3d_args){16, 32, 24, 20, 24, 2}); /* enc conv4 */
     paths_case((lm_conv3d_args){2, 2, 3, 3, 3, 2});
     paths_case((lm_conv3d_args){1, 1, 1, 1, 1, 1});
     paths_case((lm_conv3d_args){3, 2, 1, 4, 1, 2});
