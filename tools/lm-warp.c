@@ -433,18 +433,9 @@ int main(int argc, char **argv)
                    : lm_reader_next(r, &rec);
     while (rc > 0) {
         n++;
-        if (lm_warp_out_single(wo) && !field) { /* refuse before writing anything */
-            lm_record next;
-            int more = lm_reader_next(r, &next);
-            if (more > 0) {
-                lm_record_free(&next);
-                rc = lm_warp_out_too_many(wo, "the stream has several records");
-                break;
-            }
-            if (more < 0) {
-                rc = -1;
-                break;
-            }
+        if (!field && lm_warp_out_refuse_more(wo, r) < 0) { /* before writing anything */
+            rc = -1;
+            break;
         }
         if (process(&rec, argc, argv) < 0) {
             rc = field ? -1 : lm_error_prefix("record %ld", n);

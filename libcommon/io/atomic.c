@@ -126,11 +126,42 @@ void lm_atomic_cleanup(void)
     sigprocmask(SIG_SETMASK, &old, NULL);
 }
 
+/* A new hidden name beside path, ".lmtmp.PID.<tag>N.<basename>" (the extension kept), in
+ * name (cap bytes: strlen(path) + 64) */
+static void hidden_name(char *name, size_t cap, const char *path, const char *tag)
+{
+    const char *slash = strrchr(path, '/');
+    const int dirlen = slash ? (int)(slash - path + 1) : 0;
+    snprintf(name, cap, "%.*s.lmtmp.%ld.%s%u.%s", dirlen, path, (long)getpid(), tag, counter++,
+             path + dirlen);
+}
+
+int lm_atomic_keep(const char *path, char **bak)
+{
+    const size_t cap = strlen(path) + 64;
+    char *name = malloc(cap);
+    *bak = NULL;
+    if (!name)
+        return lm_error_set("out of memory");
+    int e = EEXIST;
+    for (int tries = 0; tries < 100 && e == EEXIST; tries++) {
+        hidden_name(name, cap, path, "b");
+        if (link(path, name) == 0) {
+            *bak = name;
+            return 0;
+        }
+        e = errno;
+    }
+    free(name);
+    if (e == ENOENT || e == EPERM || e == ENOTSUP || e == EXDEV || e == EMLINK || e == EEXIST)
+        return 0;
+    return lm_error_set("%s: cannot keep a copy of the file it replaces: %s", path, strerror(e));
+}
+
 static int make_tmp(const char *path, char **tmp, int *fd_out)
 {
     const char *slash = strrchr(path, '/');
     const char *base = slash ? slash + 1 : path;
-    int dirlen = slash ? (int)(slash - path + 1) : 0;
     if (!*base)
         return lm_error_set("output path names a directory");
     size_t cap = strlen(path) + 64;
@@ -138,8 +169,7 @@ static int make_tmp(const char *path, char **tmp, int *fd_out)
     if (!name)
         return lm_error_set("out of memory");
     for (int tries = 0; tries < 100; tries++) {
-        snprintf(name, cap, "%.*s.lmtmp.%ld.%u.%s", dirlen, path, (long)getpid(), counter++,
-                 base);
+        hidden_name(name, cap, path, "");
         int fd = open(name, O_WRONLY | O_CREAT | O_EXCL, 0666);
         if (fd >= 0) {
             if (reg(name) < 0) {

@@ -23,6 +23,11 @@ void lm_atomic_durable(int on);
 int lm_atomic_commit(FILE *fp, char *tmp, const char *path);
 /* Closes (fp may be NULL), removes and frees the temporary. */
 void lm_atomic_abort(FILE *fp, char *tmp);
+/* A hard link to the existing file path under a new hidden name beside it (*bak, malloc'ed; not
+ * registered: the caller renames it back or removes it), to put the file back if what replaces
+ * it has to be undone. 0 with *bak = NULL where there is nothing to keep or the file system
+ * cannot link it (no such file, a directory, no hard links); -1 (lm_error) otherwise. */
+int lm_atomic_keep(const char *path, char **bak);
 /* Removes every registered temporary (also run at exit). */
 void lm_atomic_cleanup(void);
 

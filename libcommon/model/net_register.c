@@ -95,18 +95,9 @@ int lm_net_register_warp(lm_net *n, const char *in, lm_warp_out *wo, int labels_
     int rc = lm_reader_next(r, &rec), held = rc > 0;
     while (rc > 0) {
         ++*count;
-        if (lm_warp_out_single(wo)) { /* refuse before the network runs */
-            lm_record next;
-            int more = lm_reader_next(r, &next);
-            if (more > 0) {
-                lm_record_free(&next);
-                rc = lm_warp_out_too_many(wo, "the stream has several records");
-                break;
-            }
-            if (more < 0) {
-                rc = -1;
-                break;
-            }
+        if (lm_warp_out_refuse_more(wo, r) < 0) { /* before the network runs */
+            rc = -1;
+            break;
         }
         if (lm_net_stage_register(n, &rec) < 0 || lm_warp_record(&wp, &rec) < 0) {
             rc = lm_error_prefix("record %ld", *count);

@@ -67,6 +67,11 @@ int lm_warp_out_single(const lm_warp_out *o); /* only one record can be written 
 /* The error for a second record when single: "-o names one NIfTI file but WHY (give a
  * directory)" (--export-field when -o does not). Returns -1. */
 int lm_warp_out_too_many(const lm_warp_out *o, const char *why);
+/* Where only one record can be written (lm_warp_out_single), reads ahead in r, whose first
+ * record the caller holds: -1 (lm_error) when r holds another ("... the stream has several
+ * records", refused before anything is computed or written) or cannot be read, 0 at its end.
+ * Otherwise 0 without reading. */
+int lm_warp_out_refuse_more(const lm_warp_out *o, lm_reader *r);
 /* The record's files: lm_warp_out_images refuses a pair id already written into a directory
  * and writes warped and warped_seg (those present) when out is NIfTI; lm_warp_out_field then
  * exports flow_full, else flow, when exp is given. idx: the record's number (from 1).

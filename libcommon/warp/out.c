@@ -9,7 +9,6 @@
 #include "io/lm_error.h"
 #include "prep/lm_prep.h"
 
-#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,6 +83,19 @@ int lm_warp_out_too_many(const lm_warp_out *o, const char *why)
 {
     return lm_error_set("%s names one NIfTI file but %s (give a directory)",
                         o->nifti_out ? "-o" : "--export-field", why);
+}
+
+int lm_warp_out_refuse_more(const lm_warp_out *o, lm_reader *r)
+{
+    if (!lm_warp_out_single(o))
+        return 0;
+    lm_record next;
+    const int more = lm_reader_next(r, &next);
+    if (more > 0) {
+        lm_record_free(&next);
+        return lm_warp_out_too_many(o, "the stream has several records");
+    }
+    return more < 0 ? -1 : 0;
 }
 
 /* lm_nifti_write, at once or staged */
@@ -210,35 +222,6 @@ static void release(lm_warp_out *o, long from)
     free(o);
 }
 
-/* A hard link to the existing file path under a new hidden name beside it, in *bak (malloc'ed);
- * 0 with *bak = NULL where there is no such file or the file system cannot link (then that file
- * cannot be put back), -1 (lm_error) on other errors. */
-static int backup(const char *path, char **bak)
-{
-    static unsigned n;
-    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
-    const int dirlen = slash ? (int)(slash - path + 1) : 0;
-    const size_t cap = strlen(path) + 64;
-    *bak = NULL;
-    char *name = malloc(cap);
-    if (!name)
-        return lm_error_set("out of memory");
-    for (int tries = 0; tries < 100; tries++) {
-        snprintf(name, cap, "%.*s.lmtmp.%ld.b%u.%s", dirlen, path, (long)getpid(), n++, base);
-        if (link(path, name) == 0) {
-            *bak = name;
-            return 0;
-        }
-        if (errno != EEXIST)
-            break;
-    }
-    const int e = errno;
-    free(name);
-    if (e == ENOENT || e == EPERM || e == ENOTSUP || e == EXDEV || e == EMLINK || e == EEXIST)
-        return 0;
-    return lm_error_set("%s: cannot keep a copy of the file it replaces: %s", path, strerror(e));
-}
-
 /* Two phases, with SIGINT/SIGTERM/SIGHUP held until done: every file about to be replaced is
  * first kept under a hidden hard link; then the staged files are renamed into place. If a rename
  * fails, the files renamed before it are put back as they were (or removed where there was
@@ -258,7 +241,7 @@ int lm_warp_out_commit(lm_warp_out *o)
     long i = 0, nb = 0;
     int rc = o->nfiles && !bak ? lm_error_set("out of memory") : 0;
     for (; rc == 0 && nb < o->nfiles; nb++)
-        if (backup(o->files[nb].path, &bak[nb]) < 0)
+        if (lm_atomic_keep(o->files[nb].path, &bak[nb]) < 0)
             rc = -1;
     for (; rc == 0 && i < o->nfiles; i++) /* renames, or removes the temporary, and frees it */
         if (lm_atomic_commit(NULL, o->files[i].tmp, o->files[i].path) < 0) {

@@ -168,6 +168,31 @@ typedef struct {
     int64_t nin, nw, nout;
 } tctx;
 
+/* sizes, forward operands (x, w, b random), and with grads the backward ones (dy random) */
+static tctx tctx_new(lm_conv3d_args a, int grads)
+{
+    const int s = a.stride;
+    const int64_t Do = (a.D - 1) / s + 1, Ho = (a.H - 1) / s + 1, Wo = (a.W - 1) / s + 1;
+    tctx c = {0};
+    c.a = a;
+    c.nin = (int64_t)a.Cin * a.D * a.H * a.W, c.nw = (int64_t)a.Cout * a.Cin * 27;
+    c.nout = a.Cout * Do * Ho * Wo;
+    c.y = kt_alloc(c.nout), c.x = kt_rand(c.nin, -1, 1, 1), c.w = kt_rand(c.nw, -1, 1, 2);
+    c.b = kt_rand(a.Cout, -1, 1, 3);
+    if (grads) {
+        c.dy = kt_rand(c.nout, -1, 1, 4);
+        c.dx = kt_alloc(c.nin), c.dw = kt_alloc(c.nw), c.db = kt_alloc(a.Cout);
+    }
+    return c;
+}
+
+static void tctx_free(tctx *c)
+{
+    kt_free(c->y), kt_free(c->x), kt_free(c->w), kt_free(c->b);
+    if (c->dy)
+        kt_free(c->dy), kt_free(c->dx), kt_free(c->dw), kt_free(c->db);
+}
+
 static void thr_run(void *p)
 {
     tctx *c = p;
@@ -184,21 +209,12 @@ static void t_threads(void)
     KT_COVER(conv3d_fwd);
     KT_COVER(conv3d_bwd);
     for (int s = 1; s <= 2; s++) {
-        lm_conv3d_args a = {16, 16, 24, 20, 24, s};
-        int64_t Do = (a.D - 1) / s + 1, Ho = (a.H - 1) / s + 1, Wo = (a.W - 1) / s + 1;
-        tctx c = {0};
-        c.a = a;
-        c.nin = (int64_t)a.Cin * a.D * a.H * a.W, c.nw = (int64_t)a.Cout * a.Cin * 27;
-        c.nout = a.Cout * Do * Ho * Wo;
-        c.y = kt_alloc(c.nout), c.x = kt_rand(c.nin, -1, 1, 1), c.w = kt_rand(c.nw, -1, 1, 2);
-        c.b = kt_rand(a.Cout, -1, 1, 3), c.dy = kt_rand(c.nout, -1, 1, 4);
-        c.dx = kt_alloc(c.nin), c.dw = kt_alloc(c.nw), c.db = kt_alloc(a.Cout);
+        tctx c = tctx_new((lm_conv3d_args){16, 16, 24, 20, 24, s}, 1);
         kt_same_bits_1v2("conv3d y", thr_run, &c, c.y, (size_t)c.nout * 4);
         kt_same_bits_1v2("conv3d dx", thr_run, &c, c.dx, (size_t)c.nin * 4);
         kt_same_bits_1v2("conv3d dw", thr_run, &c, c.dw, (size_t)c.nw * 4);
-        kt_same_bits_1v2("conv3d db", thr_run, &c, c.db, (size_t)a.Cout * 4);
-        kt_free(c.y), kt_free(c.x), kt_free(c.w), kt_free(c.b), kt_free(c.dy);
-        kt_free(c.dx), kt_free(c.dw), kt_free(c.db);
+        kt_same_bits_1v2("conv3d db", thr_run, &c, c.db, (size_t)c.a.Cout * 4);
+        tctx_free(&c);
     }
 }
 
@@ -217,17 +233,9 @@ static void t_threads_fwd(void)
         {16, 32, 48, 40, 48, 2}, {96, 32, 12, 10, 12, 1}, {8, 3, 24, 80, 96, 1},
         {32, 32, 12, 10, 12, 2}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        lm_conv3d_args a = shapes[i];
-        int s = a.stride;
-        int64_t Do = (a.D - 1) / s + 1, Ho = (a.H - 1) / s + 1, Wo = (a.W - 1) / s + 1;
-        tctx c = {0};
-        c.a = a;
-        c.nin = (int64_t)a.Cin * a.D * a.H * a.W, c.nw = (int64_t)a.Cout * a.Cin * 27;
-        c.nout = a.Cout * Do * Ho * Wo;
-        c.y = kt_alloc(c.nout), c.x = kt_rand(c.nin, -1, 1, 1), c.w = kt_rand(c.nw, -1, 1, 2);
-        c.b = kt_rand(a.Cout, -1, 1, 3);
+        tctx c = tctx_new(shapes[i], 0);
         kt_same_bits_1v2("conv3d y", fwd_run, &c, c.y, (size_t)c.nout * 4);
-        kt_free(c.y), kt_free(c.x), kt_free(c.w), kt_free(c.b);
+        tctx_free(&c);
     }
 }
 
