@@ -137,20 +137,26 @@ static void t_threads(void)
 }
 
 /* lm_backend_alloc_zero: zero however the memory was used before (the CPU hands whole pages back
- * to the kernel and clears the edges: blocks of odd sizes and offsets, reused from the heap) */
+ * to the kernel and clears the edges: blocks of odd sizes and offsets, reused from the heap).
+ * Blocks of 2 MiB and more are 2 MiB aligned (the CPU backend asks for huge pages there). */
 static void t_alloc_zero(void)
 {
     lm_backend *be = kt_be();
-    const size_t sizes[] = {4, 4100, (1u << 20) + 12, (3u << 20) + 4096 + 40, 48u << 20};
+    const size_t sizes[] = {4,          4100,           (1u << 20) + 12,        (2u << 20) - 4,
+                            (2u << 20), (2u << 20) + 4, (3u << 20) + 4096 + 40, 48u << 20};
+    const uintptr_t huge = (uintptr_t)2 << 20;
     for (int round = 0; round < 3; round++)
         for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
             size_t nb = sizes[k], n = nb / 4;
             float *p = lm_backend_alloc(be, nb); /* dirty the heap, then reuse it */
             LM_CHECK(p != NULL, "alloc %zu", nb);
+            LM_CHECK(nb < huge || ((uintptr_t)p & (huge - 1)) == 0, "alloc %zu: 2 MiB aligned", nb);
             KT_CALL(fill, p, -3.0f, (int64_t)n);
             lm_backend_free(be, p);
             float *z = lm_backend_alloc_zero(be, nb);
             LM_CHECK(z != NULL && ((uintptr_t)z & 63) == 0, "alloc_zero %zu: aligned", nb);
+            LM_CHECK(nb < huge || ((uintptr_t)z & (huge - 1)) == 0, "alloc_zero %zu: 2 MiB aligned",
+                     nb);
             size_t bad = 0;
             for (size_t i = 0; i < n; i++)
                 bad += z[i] != 0.0f || signbit(z[i]);
