@@ -7,12 +7,18 @@
  *   NIfTI's array order and the nearest warp of a label map; each row beside the time of
  *   streaming the same arrays once in order, timed just before it (the warp's memory-bound
  *   floor, and a gauge of how busy the machine's memory is at that moment).
- * Every figure is the median of several repetitions, and the peak is measured again just
- * before each section (the best of several: a disturbed sample must not lower it and so
- * flatter the section's ratios). Ratios are against the peak of their own section. --cpu-time times with the process's CPU time divided
- * by the thread count instead of the wall clock: on a machine that other work shares, that is
- * what the cores would give if they were ours (time a thread spends waiting for another one
- * still counts, as OpenMP and OpenBLAS threads spin while they wait).
+ * Every ratio is paired: each sample of an op is followed at once by a sample of its peer (the
+ * sgemm peak for GEMM and conv3d, the stream for the warp), and the ratio printed is the median
+ * of the per-pair ratios -- on a machine that other work shares, the speed of the cores
+ * changes from one second to the next, and a peer timed minutes earlier (or a best-of peak
+ * against a median op) would credit or charge the op with that change. Times and rates are
+ * medians of the op's samples; the warp also gives the best sample ("best": what it does when
+ * the machine leaves it alone). The buffers come from the backend's allocator, as the
+ * product's tensors do (the peers use the same allocator).
+ * --cpu-time times with the process's CPU time divided by the thread count instead of the wall
+ * clock: on a machine that other work shares, that is what the cores would give if they were
+ * ours (time a thread spends waiting for another one still counts, as OpenMP and OpenBLAS
+ * threads spin while they wait).
  * Not a test: it prints numbers and always exits 0 unless something fails to run.
  * Usage: bench_kernels [--quick] [--cpu-time] [--reps N] [--only gemm|conv|warp]...
  */
@@ -30,13 +36,26 @@
 
 #define MAX_REPS 31
 
-static float *rnd(int64_t n, uint64_t stream)
+static lm_backend *bk; /* the CPU backend: its allocator for every buffer */
+
+/* A buffer of n floats from the backend's allocator, released with buf_free */
+static float *buf(int64_t n)
 {
-    float *p = malloc((size_t)n * sizeof *p);
+    float *p = lm_backend_alloc(bk, (size_t)(n > 0 ? n : 1) * sizeof *p);
     if (!p) {
         fprintf(stderr, "bench_kernels: out of memory\n");
         exit(1);
     }
+    return p;
+}
+static void buf_free(void *p)
+{
+    lm_backend_free(bk, p);
+}
+
+static float *rnd(int64_t n, uint64_t stream)
+{
+    float *p = buf(n);
     lm_rng r;
     lm_rng_init(&r, 42, stream);
     for (int64_t i = 0; i < n; i++)
@@ -130,6 +149,7 @@ static void op_stream(const op_ctx *c)
         y[i] = x[i] ^ f[i] ^ f[N + i] ^ f[2 * N + i];
 }
 
+#define PEAK_N 2048
 static const float *peak_a, *peak_b;
 static float *peak_c;
 
@@ -145,107 +165,161 @@ static void op_eqgemm(const op_ctx *c)
 static void op_peak(const op_ctx *c)
 {
     (void)c;
-    const int n = 2048;
+    const int n = PEAK_N;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, peak_a, n, peak_b, n, 0,
                 peak_c, n);
 }
 
-/* Seconds per run: the median of reps samples, each of enough back-to-back runs to last
- * MIN_SAMPLE_S (after one untimed run), so that short ops are not timed below the clock's
- * grain (the process CPU clock of other threads advances in scheduler ticks). */
+/* Runs of fn per sample: enough back-to-back runs to last MIN_SAMPLE_S (measured on one
+ * untimed run), so that short ops are not timed below the clock's grain (the process CPU clock
+ * of other threads advances in scheduler ticks). */
 #define MIN_SAMPLE_S 0.2
-static int best_of; /* time_op returns the fastest sample instead of the median */
-static double time_op(op_fn *fn, const op_ctx *c, int reps)
+static int inner_for(op_fn *fn, const op_ctx *c)
 {
     double t0 = now();
     fn(c);
-    double t1 = now() - t0, t[2 * MAX_REPS + 1];
+    double t1 = now() - t0;
     int inner = quick || t1 >= MIN_SAMPLE_S ? 1 : (int)(MIN_SAMPLE_S / (t1 > 1e-6 ? t1 : 1e-6));
-    inner = inner < 1 ? 1 : inner + 1;
-    for (int r = 0; r < reps; r++) {
-        t0 = now();
-        for (int i = 0; i < inner; i++)
+    return inner < 1 ? 1 : inner + 1;
+}
+
+/* Seconds per run of one sample of inner runs */
+static double sample(op_fn *fn, const op_ctx *c, int inner)
+{
+    double t0 = now();
+    for (int i = 0; i < inner; i++)
+        fn(c);
+    return (now() - t0) / inner;
+}
+
+/* A peer: fn(ctx); blas: it is an OpenBLAS call with its own threading (threads set for it and
+ * back to one after) */
+typedef struct {
+    op_fn *fn;
+    const op_ctx *c;
+    int blas;
+} peer;
+
+/* An op timed in pairs with its peer: op median and best (s), peer median (s), and ratio, the
+ * median over the pairs of peer time over op time */
+typedef struct {
+    double t, best, tp, ratio;
+} timing;
+
+/* One sample of the peer, then, after an OpenBLAS peer, the op untimed until OpenBLAS's idle
+ * workers have stopped spinning (they do for a while after a call), which also has the cores
+ * busy, not idle, when the op's next sample starts (a pause there slowed the first run after
+ * it) */
+static double peer_sample(peer p, int inner, op_fn *fn, const op_ctx *c)
+{
+    if (p.blas)
+        openblas_set_num_threads(nthreads);
+    const double t = inner ? sample(p.fn, p.c, inner) : 0;
+    if (p.blas) {
+        openblas_set_num_threads(1); /* what the CPU backend runs with */
+        const double until = omp_get_wtime() + (cpu_time ? 1.0 : 0.3);
+        do
             fn(c);
-        t[r] = (now() - t0) / inner;
+        while (omp_get_wtime() < until);
     }
-    if (best_of) {
-        double b = t[0];
-        for (int r = 1; r < reps; r++)
-            b = t[r] < b ? t[r] : b;
-        return b;
-    }
-    return median(t, reps);
+    return t;
 }
 
-static double sgemm_peak(int threads)
+static timing time_pair(op_fn *fn, const op_ctx *c, peer p, int reps)
 {
-    const int n = 2048;
-    float *a = rnd((int64_t)n * n, 1), *b = rnd((int64_t)n * n, 2), *c = rnd((int64_t)n * n, 3);
-    peak_a = a, peak_b = b, peak_c = c;
-    openblas_set_num_threads(threads);
-    /* the best of the samples: what the cores can do, so that a sample disturbed by other work
-     * on a shared machine cannot lower the peak and flatter every ratio of the section */
-    best_of = 1;
-    double dt = time_op(op_peak, NULL, quick ? 3 : reps_opt);
-    best_of = 0;
-    openblas_set_num_threads(1); /* what the CPU backend runs with */
-    free(a), free(b), free(c);
-    if (cpu_time) { /* let OpenBLAS's idle threads stop spinning before anything else is timed */
-        struct timespec pause = {1, 0};
-        nanosleep(&pause, NULL);
+    if (p.blas)
+        openblas_set_num_threads(nthreads);
+    const int pinner = inner_for(p.fn, p.c);
+    peer_sample(p, 0, fn, c);
+    const int inner = inner_for(fn, c);
+    double t[2 * MAX_REPS + 1], tp[2 * MAX_REPS + 1], q[2 * MAX_REPS + 1]; /* warp: 2·reps + 1 */
+    for (int r = 0; r < reps; r++) {
+        t[r] = sample(fn, c, inner);
+        tp[r] = peer_sample(p, pinner, fn, c);
+        q[r] = tp[r] / t[r];
     }
-    return 2.0 * n * n * n / dt / 1e9;
+    timing m = {0, t[0], 0, 0};
+    for (int r = 1; r < reps; r++)
+        m.best = t[r] < m.best ? t[r] : m.best;
+    m.t = median(t, reps), m.tp = median(tp, reps), m.ratio = median(q, reps);
+    return m;
 }
 
-static double section_peak(const char *title, const char *unit, int threads)
+/* The peak: OpenBLAS sgemm 2048^3 with its own threads, on buffers of the backend's allocator */
+static const double peak_flop = 2.0 * PEAK_N * PEAK_N * PEAK_N;
+static peer peak_peer(void)
 {
-    double peak = sgemm_peak(threads);
-    printf("\n%-34s %10s %8s %8s   (peak %.1f GFLOP/s)\n", title, unit, "ratio", "ms", peak);
-    return peak;
+    static const op_ctx none;
+    if (!peak_a) {
+        peak_a = rnd((int64_t)PEAK_N * PEAK_N, 1), peak_b = rnd((int64_t)PEAK_N * PEAK_N, 2);
+        peak_c = rnd((int64_t)PEAK_N * PEAK_N, 3);
+    }
+    return (peer){op_peak, &none, 1};
 }
 
-static void line(const char *name, double flop, double dt, double peak)
+static void section(const char *title)
 {
-    double g = flop / dt / 1e9;
-    printf("%-34s %10.1f %7.0f%% %8.1f\n", name, g, 100 * g / peak, dt * 1e3);
+    printf("\n%-34s %10s %8s %8s %8s\n", title, "GFLOP/s", "peak", "ratio", "ms");
+}
+
+/* A row of GFLOP/s against the paired peak; adds the row to the section's totals: flop, time,
+ * and the time the peak would take */
+static void line(const char *name, double flop, timing m, double tot[3])
+{
+    printf("%-34s %10.1f %8.1f %7.0f%% %8.1f", name, flop / m.t / 1e9, peak_flop / m.tp / 1e9,
+           100 * m.ratio * flop / peak_flop, m.t * 1e3);
     fflush(stdout);
+    tot[0] += flop, tot[1] += m.t, tot[2] += m.ratio * flop / peak_flop * m.t;
 }
 
-static void bench_gemm(lm_backend *be, int threads)
+/* The section's totals: all rows' FLOPs over all their time, and the time the paired peak
+ * would take for each row's FLOPs over the rows' time */
+static void total_line(const char *name, const double tot[3])
 {
-    double peak = section_peak("GEMM y = x·Wᵀ", "GFLOP/s", threads);
+    printf("%-34s %10.1f %8s %7.0f%% %8.1f\n", name, tot[0] / tot[1] / 1e9, "",
+           100 * tot[2] / tot[1], tot[1] * 1e3);
+}
+
+static void bench_gemm(lm_backend *be)
+{
+    section("GEMM y = x·Wᵀ");
+    const peer pk = peak_peer();
     const int Ms[2] = {180, 1716}, Ns[3] = {1024, 4096, 14336}, K = 4096;
     float *x = rnd((int64_t)1716 * K, 4), *w = rnd((int64_t)14336 * K, 5);
     float *y = rnd((int64_t)1716 * 14336, 6);
-    uint16_t *wb = malloc((size_t)14336 * K * 2);
+    uint16_t *wb = lm_backend_alloc(be, (size_t)14336 * K * 2);
     if (!wb)
         check(lm_error_set("out of memory"), "gemm");
     check(be->cast(be, wb, LM_BF16, w, LM_F32, (int64_t)14336 * K), "cast");
+    double tot[3] = {0, 0, 0};
     for (int bf = 0; bf < 2; bf++)
         for (int mi = 0; mi < 2; mi++)
             for (int ni = 0; ni < 3; ni++) {
                 if (bf && quick && (mi || ni != 1))
                     continue;
                 lm_gemm_args a = {Ms[mi], Ns[ni], K, bf ? LM_BF16 : LM_F32, 0};
-                op_ctx c = {.be = be, .y = y, .x = x, .w = bf ? (const void *)wb : (const void *)w,
-                            .g = a};
+                op_ctx c = {
+                    .be = be, .y = y, .x = x, .w = bf ? (const void *)wb : (const void *)w, .g = a};
                 double fl = 2.0 * Ms[mi] * Ns[ni] * K;
-                double dt = time_op(op_gemm, &c, reps_for(fl, 5e10));
+                timing m = time_pair(op_gemm, &c, pk, reps_for(fl, 5e10));
                 char name[64];
                 snprintf(name, sizeof name, "M=%d N=%d K=%d%s", Ms[mi], Ns[ni], K,
                          bf ? " (BF16 W)" : "");
-                line(name, fl, dt, peak);
+                line(name, fl, m, tot);
+                printf("\n");
             }
-    free(x), free(w), free(y), free(wb);
+    total_line("all of the above", tot);
+    buf_free(x), buf_free(w), buf_free(y), buf_free(wb);
 }
 
-static void bench_conv(lm_backend *be, int threads)
+static void bench_conv(lm_backend *be)
 {
-    double peak = section_peak("conv3d forward (abdomen)", "GFLOP/s", threads);
+    section("conv3d forward (abdomen)");
     printf("(last column: the time of the GEMM of the layer's size, Cout x voxels x Cin*27, "
-           "through OpenBLAS\n with %d threads and no im2col, over the layer's; '-' where its "
-           "operand would pass 1 GB)\n",
-           threads);
+           "through OpenBLAS\n with %d threads and no im2col, over the layer's, paired as the "
+           "peak; '-' where its operand\n would pass 1 GB)\n",
+           nthreads);
+    const peer pk = peak_peer();
     static const struct {
         const char *name;
         int cin, cout, d, h, w, s;
@@ -261,41 +335,34 @@ static void bench_conv(lm_backend *be, int threads)
         {"dec S1 CBL 40->8   96x80x96", 40, 8, 96, 80, 96, 1},
         {"dec S1 head 8->3   96x80x96", 8, 3, 96, 80, 96, 1},
     };
-    double tot_fl = 0, tot_t = 0;
+    double tot[3] = {0, 0, 0};
     for (size_t i = 0; i < sizeof cv / sizeof cv[0]; i++) {
         lm_conv3d_args a = {cv[i].cin, cv[i].cout, cv[i].d, cv[i].h, cv[i].w, cv[i].s};
         int64_t nin = (int64_t)a.Cin * a.D * a.H * a.W;
         int64_t no = ((int64_t)(a.D - 1) / a.stride + 1) * ((a.H - 1) / a.stride + 1) *
                      ((a.W - 1) / a.stride + 1);
         float *cx = rnd(nin, 7), *cw = rnd((int64_t)a.Cout * a.Cin * 27, 8), *cb = rnd(a.Cout, 9);
-        float *cy = malloc((size_t)(a.Cout * no) * sizeof *cy);
+        float *cy = buf(a.Cout * no);
         double fl = 2.0 * a.Cout * a.Cin * 27 * no;
         op_ctx c = {.be = be, .y = cy, .x = cx, .w = cw, .b = cb, .c = a};
-        double dt = time_op(op_conv, &c, reps_for(fl, 2e10));
-        tot_fl += fl, tot_t += dt;
-        double g = fl / dt / 1e9;
-        printf("%-34s %10.1f %7.0f%% %8.1f", cv[i].name, g, 100 * g / peak, dt * 1e3);
+        line(cv[i].name, fl, time_pair(op_conv, &c, pk, reps_for(fl, 2e10)), tot);
         const int64_t K = (int64_t)a.Cin * 27;
-        float *ex = K * no * 4 <= (1LL << 30) ? malloc((size_t)(K * no) * sizeof *ex) : NULL;
+        float *ex = K * no * 4 <= (1LL << 30) ? buf(K * no) : NULL;
         if (ex) { /* the operand's values do not matter; zeros would be as fast */
             for (int64_t j = 0; j < K * no; j++)
                 ex[j] = cx[j % nin];
             eq_m = a.Cout, eq_n = (int)no, eq_k = (int)K;
-            openblas_set_num_threads(threads);
             op_ctx e = {.y = cy, .x = ex, .w = cw};
-            double de = time_op(op_eqgemm, &e, reps_for(fl, 2e10));
-            openblas_set_num_threads(1);
-            struct timespec idle = {0, 300000000}; /* OpenBLAS's threads stop spinning */
-            nanosleep(&idle, NULL);
-            printf(" %7.0f%%\n", 100 * de / dt);
-            free(ex);
+            timing m = time_pair(op_conv, &c, (peer){op_eqgemm, &e, 1}, reps_for(fl, 2e10));
+            printf(" %7.0f%%\n", 100 * m.ratio);
+            buf_free(ex);
         } else {
             printf(" %8s\n", "-");
         }
         fflush(stdout);
-        free(cx), free(cw), free(cb), free(cy);
+        buf_free(cx), buf_free(cw), buf_free(cb), buf_free(cy);
     }
-    line("all of the above", tot_fl, tot_t, peak);
+    total_line("all of the above", tot);
 }
 
 /* A smooth field: a few low-frequency sines per component, up to about 4 voxels. */
@@ -316,10 +383,10 @@ static void smooth_flow(float *flow, int D, int H, int W)
 
 static void bench_warp(lm_backend *be)
 {
-    printf("\n%-34s %10s %8s %8s\n", "warp (1 channel, trilinear, zeros)", "Gvox/s", "ms",
-           "/stream");
-    printf("(/stream: the time to stream the same arrays once in order, timed just before the row,"
-           " over the warp's)\n");
+    printf("\n%-34s %10s %8s %8s %8s\n", "warp (1 channel, trilinear, zeros)", "Gvox/s", "best",
+           "ms", "/stream");
+    printf("(Gvox/s: the median sample, best: the fastest; /stream: the time to stream the same "
+           "arrays once\n in order over the warp's, paired)\n");
     static const int grids[2][3] = {{96, 80, 96}, {192, 160, 192}};
     /* the trilinear rows, then at 192x160x192 the NIfTI array order (what lm-warp runs on
      * NIfTI files) and the nearest warp of an I32 label map */
@@ -341,7 +408,7 @@ static void bench_warp(lm_backend *be)
         const int D = grids[rows[r].grid][0], H = grids[rows[r].grid][1],
                   W = grids[rows[r].grid][2];
         const int64_t N = (int64_t)D * H * W;
-        float *src = rnd(N, 10), *flow = rnd(3 * N, 11), *out = malloc((size_t)N * 4);
+        float *src = rnd(N, 10), *flow = rnd(3 * N, 11), *out = buf(N);
         if (rows[r].smooth)
             smooth_flow(flow, D, H, W);
         else
@@ -355,13 +422,12 @@ static void bench_warp(lm_backend *be)
         /* the volumes are synthetic, so the NIfTI order only changes which axis is fastest */
         const int pad = LM_PAD_ZEROS | (rows[r].nifti ? LM_WARP_NIFTI_ORDER : 0);
         op_ctx c = {.be = be, .y = out, .x = src, .flow = flow, .wa = {1, D, H, W, pad}};
-        const double ds = time_op(op_stream, &c, quick ? 1 : 2 * reps_opt + 1);
-        double dt =
-            time_op(rows[r].nearest ? op_nearest : op_warp, &c, quick ? 1 : 2 * reps_opt + 1);
-        const char *name = rows[r].name;
-        printf("%-34s %10.3f %8.1f %7.0f%%\n", name, N / dt / 1e9, dt * 1e3, 100 * ds / dt);
+        const timing m = time_pair(rows[r].nearest ? op_nearest : op_warp, &c,
+                                   (peer){op_stream, &c, 0}, quick ? 1 : 2 * reps_opt + 1);
+        printf("%-34s %10.3f %8.3f %8.1f %7.0f%%\n", rows[r].name, N / m.t / 1e9, N / m.best / 1e9,
+               m.t * 1e3, 100 * m.ratio);
         fflush(stdout);
-        free(src), free(flow), free(out);
+        buf_free(src), buf_free(flow), buf_free(out);
     }
 }
 
@@ -403,17 +469,19 @@ int main(int argc, char **argv)
         want[0] = want[1] = want[2] = 1;
     lm_backend *be = lm_backend_cpu();
     int threads = omp_get_max_threads();
-    nthreads = threads;
+    nthreads = threads, bk = be;
     check(lm_backend_set_threads(be, threads), "threads");
-    printf("threads %d; peak = OpenBLAS sgemm 2048^3 with its own threading, best of %d, "
-           "measured before each section; figures are medians of %d runs; %s\n",
-           threads, quick ? 3 : reps_opt, quick ? 1 : reps_opt,
+    printf("threads %d; peak = OpenBLAS sgemm %d^3 with its own threading, sampled in turn with "
+           "each op; figures are medians of %d samples; %s\n",
+           threads, PEAK_N, quick ? 1 : reps_opt,
            cpu_time ? "times are process CPU time / threads" : "times are wall clock");
     if (want[0])
-        bench_gemm(be, threads);
+        bench_gemm(be);
     if (want[1])
-        bench_conv(be, threads);
+        bench_conv(be);
     if (want[2])
         bench_warp(be);
+    if (peak_a)
+        buf_free((void *)peak_a), buf_free((void *)peak_b), buf_free(peak_c);
     return 0;
 }
