@@ -106,6 +106,12 @@ static void t_paths(void)
     paths_case((lm_conv3d_args){8, 3, 6, 5, 33, 1});   /* 3 channels (3 × 4 vectors) */
     paths_case((lm_conv3d_args){5, 7, 5, 6, 7, 1});    /* 7 = 4 + 3 channels; narrow rows */
     paths_case((lm_conv3d_args){40, 8, 4, 6, 18, 1});  /* 1080 taps: several blocks */
+    /* several blocks of taps over rows with full tiles, by bands of rows: 16 x 100 partial
+     * sums a row, bands of 20 rows (20 + 20 + 5), rows of 4 tiles + 4; 3 channels (tiles of
+     * 32, 2 + 6 a row, one band); stride 2 (1 tile + 6) */
+    paths_case((lm_conv3d_args){8, 16, 3, 45, 100, 1});
+    paths_case((lm_conv3d_args){8, 3, 4, 30, 70, 1});
+    paths_case((lm_conv3d_args){16, 16, 5, 20, 60, 2});
     paths_case((lm_conv3d_args){16, 6, 9, 11, 13, 2}); /* stride 2, odd sizes, 6 = 4 + 2 */
     paths_case((lm_conv3d_args){3, 5, 7, 40, 41, 2});  /* stride 2, rows of 21, 5 = 4 + 1 */
     /* planes of 34 positions: one tile of 2 channels by 5 vectors (40) beats 24s and 32s */
