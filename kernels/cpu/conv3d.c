@@ -626,23 +626,20 @@ __attribute__((target("avx2,fma"))) static void direct_plane(const dctx *c, int6
             }
         }
     }
-    for (int64_t r = 0; r < nrow; r++) {
-        int64_t x0 = 0;
-        if (c->rowwise && k1 - k0 > CONV_KC && ntl > 0)
-            x0 = ntl * NW; /* done above */
-        if (c->rowwise && k1 - k0 <= CONV_KC && Wo >= NW) {
-            /* one block of taps: the row's full tiles in one call per group of blocks */
-            for (int co0 = 0; co0 < g->Cout;) {
-                const int mr = g->Cout - co0 < c->mr ? g->Cout - co0 : c->mr;
-                const int nb = mr < c->mr ? 1 : (g->Cout - co0) / mr;
+    if (c->rowwise && k1 - k0 <= CONV_KC && ntl > 0)
+        /* one block of taps: the full tiles of every row, one group of mr channels at a time
+         * (mr output rows written at once, not all Cout: enc conv1, 1->8 at 96x80x96, 20-25%
+         * faster on 1 and 2 threads than all channels row by row) */
+        for (int co0 = 0; co0 < g->Cout;) {
+            const int mr = g->Cout - co0 < c->mr ? g->Cout - co0 : c->mr;
+            for (int64_t r = 0; r < g->Ho; r++)
                 ukr[mr - 1](yz + co0 * nout + r * Wo, nout, NULL, NW, c->b ? c->b + co0 : NULL,
-                            ring + r * Wp, xo, c->wo, k0, k1, c->w + co0 * K27, K27, nb,
-                            (int)(Wo / NW));
-                co0 += nb * mr;
-            }
-            x0 = Wo / NW * NW;
+                            ring + r * Wp, xo, c->wo, k0, k1, c->w + co0 * K27, K27, 1, (int)ntl);
+            co0 += mr;
         }
-        for (; x0 < rlen; x0 += NW) {
+    for (int64_t r = 0; r < nrow; r++) {
+        /* the rows' full tiles are done above */
+        for (int64_t x0 = c->rowwise ? ntl * NW : 0; x0 < rlen; x0 += NW) {
             const int64_t q = r * Wp + x0;
             const int direct = c->rowwise && x0 + NW <= Wo;
             for (int t0 = k0; t0 < k1; t0 += CONV_KC) {

@@ -110,6 +110,9 @@ static void t_paths(void)
      * sums a row, bands of 20 rows (20 + 20 + 5), rows of 4 tiles + 4; 3 channels (tiles of
      * 32, 2 + 6 a row, one band); stride 2 (1 tile + 6) */
     paths_case((lm_conv3d_args){8, 16, 3, 45, 100, 1});
+    /* one block of taps, channel group by group over the rows: 7 = 4 + 3 channels, rows of
+     * 2 tiles + 12 */
+    paths_case((lm_conv3d_args){2, 7, 4, 9, 60, 1});
     paths_case((lm_conv3d_args){8, 3, 4, 30, 70, 1});
     paths_case((lm_conv3d_args){16, 16, 5, 20, 60, 2});
     paths_case((lm_conv3d_args){16, 6, 9, 11, 13, 2}); /* stride 2, odd sizes, 6 = 4 + 2 */
@@ -237,7 +240,7 @@ static void t_threads_fwd(void)
     KT_COVER(conv3d_fwd);
     static const lm_conv3d_args shapes[] = {
         {16, 32, 48, 40, 48, 2}, {96, 32, 12, 10, 12, 1}, {8, 3, 24, 80, 96, 1},
-        {32, 32, 12, 10, 12, 2}};
+        {32, 32, 12, 10, 12, 2}, {1, 8, 24, 20, 96, 1}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         tctx c = tctx_new(shapes[i], 0);
         kt_same_bits_1v2("conv3d y", fwd_run, &c, c.y, (size_t)c.nout * 4);
