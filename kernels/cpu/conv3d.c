@@ -606,23 +606,37 @@ __attribute__((target("avx2,fma"))) static void direct_plane(const dctx *c, int6
         /* several blocks of taps: the rows' full tiles block by block over bands of c->band
          * rows, so that a block's weights and input rows stay in L1 from one tile and row to
          * the next (tile by tile, every block's weights and rows come in again for each
-         * tile); the partial sums of a band in acc [Cout][band·Wo], the last block written
-         * out */
+         * tile); the partial sums of a band in acc [Cout][band·Wo]. The last block writes the
+         * output one group of mr channels at a time over the band's rows (mr output rows
+         * written at once, not all Cout: enc conv2 5-6% faster on 1 and 2 threads) */
         for (int64_t r0 = 0; r0 < g->Ho; r0 += c->band) {
             const int64_t nb_r = g->Ho - r0 < c->band ? g->Ho - r0 : c->band, ld = nb_r * Wo;
             for (int t0 = k0; t0 < k1; t0 += CONV_KC) {
-                const int t1 = k1 - t0 < CONV_KC ? k1 : t0 + CONV_KC, last = t1 == k1;
-                for (int64_t r = r0; r < r0 + nb_r; r++)
-                    for (int co0 = 0; co0 < g->Cout;) {
-                        const int mr = g->Cout - co0 < c->mr ? g->Cout - co0 : c->mr;
-                        const int nb = mr < c->mr ? 1 : (g->Cout - co0) / mr;
-                        float *a = acc + co0 * ld + (r - r0) * Wo;
-                        ukr[mr - 1](last ? yz + co0 * nout + r * Wo : a, last ? nout : ld,
-                                    t0 > k0 ? a : NULL, ld, c->b && t0 == k0 ? c->b + co0 : NULL,
-                                    ring + r * Wp, xo, c->wo, t0, t1, c->w + co0 * K27, K27, nb,
-                                    (int)ntl);
-                        co0 += nb * mr;
+                const int t1 = k1 - t0 < CONV_KC ? k1 : t0 + CONV_KC;
+                const float *b = c->b && t0 == k0 ? c->b : NULL;
+                if (t1 < k1) {
+                    for (int64_t r = r0; r < r0 + nb_r; r++)
+                        for (int co0 = 0; co0 < g->Cout;) {
+                            const int mr = g->Cout - co0 < c->mr ? g->Cout - co0 : c->mr;
+                            const int nb = mr < c->mr ? 1 : (g->Cout - co0) / mr;
+                            float *a = acc + co0 * ld + (r - r0) * Wo;
+                            ukr[mr - 1](a, ld, t0 > k0 ? a : NULL, ld, b ? b + co0 : NULL,
+                                        ring + r * Wp, xo, c->wo, t0, t1, c->w + co0 * K27, K27,
+                                        nb, (int)ntl);
+                            co0 += nb * mr;
+                        }
+                    continue;
+                }
+                for (int co0 = 0; co0 < g->Cout;) {
+                    const int mr = g->Cout - co0 < c->mr ? g->Cout - co0 : c->mr;
+                    for (int64_t r = r0; r < r0 + nb_r; r++) {
+                        const float *a = acc + co0 * ld + (r - r0) * Wo;
+                        ukr[mr - 1](yz + co0 * nout + r * Wo, nout, t0 > k0 ? a : NULL, ld,
+                                    b ? b + co0 : NULL, ring + r * Wp, xo, c->wo, t0, t1,
+                                    c->w + co0 * K27, K27, 1, (int)ntl);
                     }
+                    co0 += mr;
+                }
             }
         }
     }
