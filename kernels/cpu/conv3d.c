@@ -563,6 +563,39 @@ __attribute__((target("avx2,fma"))) static void conv_cv_plane(const dctx *c, flo
     }
 }
 
+/* dst[j·Co + co] = src[co·K27 + j] for the nine taps j of every channel co (Co a multiple of 8):
+ * eight channels at a time, the first eight taps of each by an 8x8 transpose in registers
+ * (element by element, this took a sixth of enc conv5's time) */
+__attribute__((target("avx2,fma"))) static void wt_taps(float *dst, const float *src, int64_t Co,
+                                                        int64_t K27)
+{
+    for (int64_t co = 0; co < Co; co += 8) {
+        const float *s = src + co * K27;
+        __m256 r[8], u[8];
+        for (int m = 0; m < 8; m++)
+            r[m] = _mm256_loadu_ps(s + m * K27); /* taps 0..7 of channel co + m */
+        for (int m = 0; m < 8; m += 2) {
+            u[m] = _mm256_unpacklo_ps(r[m], r[m + 1]);
+            u[m + 1] = _mm256_unpackhi_ps(r[m], r[m + 1]);
+        }
+        for (int m = 0; m < 8; m += 4) {
+            r[m] = _mm256_shuffle_ps(u[m], u[m + 2], _MM_SHUFFLE(1, 0, 1, 0));
+            r[m + 1] = _mm256_shuffle_ps(u[m], u[m + 2], _MM_SHUFFLE(3, 2, 3, 2));
+            r[m + 2] = _mm256_shuffle_ps(u[m + 1], u[m + 3], _MM_SHUFFLE(1, 0, 1, 0));
+            r[m + 3] = _mm256_shuffle_ps(u[m + 1], u[m + 3], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+        /* r[0..3]: taps 0, 1, 2, 3 (low halves) and 4, 5, 6, 7 (high) of channels co..co+3;
+         * r[4..7] the same of co+4..co+7 */
+        for (int j = 0; j < 4; j++) {
+            _mm256_storeu_ps(dst + j * Co + co, _mm256_permute2f128_ps(r[j], r[j + 4], 0x20));
+            _mm256_storeu_ps(dst + (j + 4) * Co + co,
+                             _mm256_permute2f128_ps(r[j], r[j + 4], 0x31));
+        }
+        for (int m = 0; m < 8; m++)
+            dst[8 * Co + co + m] = s[m * K27 + 8];
+    }
+}
+
 /* output plane zo, all channels; xo: this thread's tap offsets (Cin·27), acc: its
  * Cout·nw partial sums */
 __attribute__((target("avx2,fma"))) static void direct_plane(const dctx *c, int64_t zo, float *ring,
@@ -813,11 +846,7 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
 #pragma omp for schedule(static)
             for (int64_t kc = 0; kc < 3 * (int64_t)Cin; kc++) {
                 const int64_t kd = kc / Cin, ci = kc % Cin;
-                float *dst = wt + kc * 9 * Co;
-                const float *src = w + ci * 27 + kd * 9;
-                for (int64_t co = 0; co < Co; co++)
-                    for (int j = 0; j < 9; j++)
-                        dst[j * Co + co] = src[co * K27 + j];
+                wt_taps(wt + kc * 9 * Co, w + ci * 27 + kd * 9, Co, K27);
             }
         }
 #pragma omp for schedule(dynamic, chunk) nowait
