@@ -22,7 +22,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 static const lm_option opts[] = {
@@ -200,22 +199,6 @@ static int standalone(lm_record *rec, const char *field, const char *moving, con
 
 /* ---- standalone with NIfTI in and out: the files' order ---------------------------------- */
 
-/* Memory for a whole volume, released with free(): in 2 MiB pages where the kernel has them
- * for the asking (transparent huge pages, "madvise" mode), which costs far fewer page faults
- * than 4 KiB pages when the volume is first written. */
-static void *vol_alloc(size_t bytes)
-{
-    const size_t huge = (size_t)2 << 20;
-    if (bytes < huge)
-        return malloc(bytes ? bytes : 1);
-    void *p = aligned_alloc(huge, (bytes + huge - 1) / huge * huge);
-#ifdef MADV_HUGEPAGE
-    if (p)
-        madvise(p, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);
-#endif
-    return p;
-}
-
 /* The field, mapped in the file's order (components slowest, then k, j, i): as load_field reads
  * it, but untransposed. *owned is set when a DISPVECT field had to be converted. */
 static int map_field(const char *path, lm_nifti_mapped *m, lm_nifti_geom *g, float **owned)
@@ -227,7 +210,7 @@ static int map_field(const char *path, lm_nifti_mapped *m, lm_nifti_geom *g, flo
         return lm_error_set("%s: a displacement field needs 3 components per voxel", path);
     if (g->intent_code == 1006) { /* DISPVECT: ITK/ANTs, mm in LPS; voxel by voxel */
         const int64_t n = m->t.shape[1] * m->t.shape[2] * m->t.shape[3];
-        if (!(*owned = vol_alloc((size_t)(3 * n) * sizeof **owned)))
+        if (!(*owned = lm_vol_alloc((size_t)(3 * n) * sizeof **owned)))
             return lm_error_set("out of memory");
         if (lm_field_lps_mm_to_vox(*owned, m->t.data, n, g->affine) < 0)
             return lm_error_prefix("%s", path);
@@ -317,8 +300,8 @@ static int standalone_files(const char *field, const char *moving, const char *s
         goto done;
     /* the warps (both before any write, as process() does) */
     lm_warp_args a = {1, (int)d[0], (int)d[1], (int)d[2], LM_PAD_ZEROS | LM_WARP_NIFTI_ORDER};
-    if (!(y = vol_alloc((size_t)n * sizeof *y)) ||
-        (seg && !(ys = vol_alloc((size_t)n * sizeof *ys)))) {
+    if (!(y = lm_vol_alloc((size_t)n * sizeof *y)) ||
+        (seg && !(ys = lm_vol_alloc((size_t)n * sizeof *ys)))) {
         lm_error_set("out of memory");
         goto done;
     }
@@ -340,7 +323,7 @@ static int standalone_files(const char *field, const char *moving, const char *s
                      lm_warp_pair_name(&meta, 1, tmp, sizeof tmp));
         else
             snprintf(name, sizeof name, "%s", exp);
-        if (!(mmf = vol_alloc((size_t)(3 * n) * sizeof *mmf))) {
+        if (!(mmf = lm_vol_alloc((size_t)(3 * n) * sizeof *mmf))) {
             lm_error_set("out of memory");
             goto done;
         }

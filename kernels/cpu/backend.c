@@ -6,44 +6,102 @@
 
 #include <cblas.h>
 #include <omp.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
-/* A tensor's memory. Blocks of 2 MiB and more are 2 MiB aligned, their size rounded up to
- * whole 2 MiB, and asked for in transparent huge pages (MADV_HUGEPAGE: taken where the
- * kernel's THP mode is "madvise" or "always", nothing where it is "never"). Volumes, fields
- * and activations are read at scattered places -- the warp reads four rows of corners across
- * two planes for every voxel -- and with 2 MiB pages the TLB covers them: measured on the
- * 2-core machine, in one process taking turns with the same op on 4 KiB pages, the
- * 192x160x192 warp (smooth and noise fields) and enc conv1 ran 3-8% faster (the best and the
- * median of 40-200 calls each). Kernels' per-call scratch (lm_cpu_scratch) stays in ordinary
- * pages: it is allocated and freed on every call, where a fresh huge page costs a 2 MiB clear. */
+/* A tensor's memory. Blocks of 2 MiB and more are mappings of their own, 2 MiB aligned and
+ * asked for in transparent huge pages (MADV_HUGEPAGE: taken where the kernel's THP mode is
+ * "madvise" or "always", nothing where it is "never"). Volumes, fields and activations are
+ * read at scattered places -- the warp reads four rows of corners across two planes for every
+ * voxel -- and with 2 MiB pages the TLB covers them: measured on the 2-core machine, in one
+ * process taking turns with the same op on 4 KiB pages, the 192x160x192 warp (smooth and noise
+ * fields) and enc conv1 ran 3-8% faster (the best and the median of 40-200 calls each). A
+ * mapping of its own ends with the block (the page after it unmapped), so huge pages cover
+ * only the whole 2 MiB inside it and a block of 2 MiB + 4 KiB costs no second huge page; and
+ * when it is freed nothing of it goes back to the heap marked for huge pages. Kernels'
+ * per-call scratch (lm_cpu_scratch) stays on the heap, in ordinary pages. */
 #define CPU_HUGE ((size_t)2 << 20)
-static void *cpu_alloc(lm_backend *be, size_t nbytes)
+static struct cpu_map {
+    void *p;
+    size_t len;
+} *cpu_maps; /* the live mappings, for cpu_free */
+static size_t cpu_nmaps, cpu_capmaps;
+static pthread_mutex_t cpu_maps_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* nbytes (>= CPU_HUGE) in a fresh, zero-filled mapping; NULL with the error set */
+static void *cpu_map_alloc(size_t nbytes)
 {
-    (void)be;
-    if (nbytes < CPU_HUGE || nbytes > SIZE_MAX - CPU_HUGE)
-        return lm_cpu_scratch(nbytes);
-    const size_t sz = (nbytes + CPU_HUGE - 1) / CPU_HUGE * CPU_HUGE;
-    void *p = aligned_alloc(CPU_HUGE, sz);
-    if (!p) {
+    const size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    if (nbytes > SIZE_MAX - 2 * CPU_HUGE) {
         lm_error_set("cpu: cannot allocate %zu bytes", nbytes);
         return NULL;
     }
+    const size_t len = (nbytes + pg - 1) / pg * pg, span = len + CPU_HUGE;
+    unsigned char *m = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+        lm_error_set("cpu: cannot allocate %zu bytes", nbytes);
+        return NULL;
+    }
+    /* keep the 2 MiB aligned len bytes inside, unmap the rest (at least a page after) */
+    unsigned char *p = (unsigned char *)(((uintptr_t)m + CPU_HUGE - 1) / CPU_HUGE * CPU_HUGE);
+    if (p > m)
+        munmap(m, (size_t)(p - m));
+    munmap(p + len, (size_t)(m + span - (p + len)));
 #ifdef MADV_HUGEPAGE
-    madvise(p, sz, MADV_HUGEPAGE); /* advice: where it fails, ordinary pages */
+    madvise(p, len, MADV_HUGEPAGE); /* advice: where it fails, ordinary pages */
 #endif
+    pthread_mutex_lock(&cpu_maps_lock);
+    if (cpu_nmaps == cpu_capmaps) {
+        const size_t cap = cpu_capmaps ? 2 * cpu_capmaps : 64;
+        struct cpu_map *t = realloc(cpu_maps, cap * sizeof *t);
+        if (!t) {
+            pthread_mutex_unlock(&cpu_maps_lock);
+            munmap(p, len);
+            lm_error_set("cpu: out of memory");
+            return NULL;
+        }
+        cpu_maps = t, cpu_capmaps = cap;
+    }
+    cpu_maps[cpu_nmaps++] = (struct cpu_map){p, len};
+    pthread_mutex_unlock(&cpu_maps_lock);
     return p;
 }
 
-/* Zeroed memory: the whole pages inside the block are handed back to the kernel
- * (MADV_DONTNEED on private anonymous memory: zero-filled when next touched), the rest cleared.
- * A fresh mapping is not touched at all, so buffers never used cost no page faults. */
+/* Unmaps p if cpu_map_alloc made it; returns whether it did */
+static int cpu_map_free(void *p)
+{
+    pthread_mutex_lock(&cpu_maps_lock);
+    for (size_t i = cpu_nmaps; i-- > 0;)
+        if (cpu_maps[i].p == p) {
+            const size_t len = cpu_maps[i].len;
+            cpu_maps[i] = cpu_maps[--cpu_nmaps];
+            pthread_mutex_unlock(&cpu_maps_lock);
+            munmap(p, len);
+            return 1;
+        }
+    pthread_mutex_unlock(&cpu_maps_lock);
+    return 0;
+}
+
+static void *cpu_alloc(lm_backend *be, size_t nbytes)
+{
+    (void)be;
+    return nbytes >= CPU_HUGE ? cpu_map_alloc(nbytes) : lm_cpu_scratch(nbytes);
+}
+
+/* Zeroed memory: a mapping of its own is zero-filled when first touched; in a heap block of
+ * 1 MiB and more the whole pages are handed back to the kernel (MADV_DONTNEED on private
+ * anonymous memory: zero-filled when next touched) and the rest cleared. So buffers never used
+ * cost no page faults. */
 static void *cpu_alloc_zero(lm_backend *be, size_t nbytes)
 {
-    unsigned char *p = cpu_alloc(be, nbytes);
+    if (nbytes >= CPU_HUGE)
+        return cpu_alloc(be, nbytes);
+    unsigned char *p = lm_cpu_scratch(nbytes);
     if (!p)
         return NULL;
     const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
@@ -60,7 +118,8 @@ static void *cpu_alloc_zero(lm_backend *be, size_t nbytes)
 static void cpu_free(lm_backend *be, void *p)
 {
     (void)be;
-    free(p);
+    if (p && !cpu_map_free(p))
+        free(p);
 }
 
 static int cpu_upload(lm_backend *be, void *dst, const void *src, size_t nbytes)
@@ -97,6 +156,10 @@ static int cpu_set_threads(lm_backend *be, int n)
 
 void *lm_cpu_scratch(size_t nbytes)
 {
+    if (nbytes > SIZE_MAX - 63) {
+        lm_error_set("cpu: cannot allocate %zu bytes", nbytes);
+        return NULL;
+    }
     size_t sz = (nbytes + 63) / 64 * 64;
     void *p = aligned_alloc(64, sz ? sz : 64);
     if (!p)

@@ -77,6 +77,12 @@ int lm_tensor_alloc(lm_tensor *t, const char *name, lm_dtype dt, int ndim, const
 int lm_tensor_wrap(lm_tensor *t, const char *name, lm_dtype dt, int ndim, const int64_t *shape,
                    void *data);
 void lm_tensor_free(lm_tensor *t); /* accepts NULL and zeroed tensors */
+/* Memory for a volume about to be written in full, released with free() (contents undefined;
+ * NULL when out of memory): blocks of 2 MiB and more 2 MiB aligned, their whole 2 MiB pages
+ * asked for in transparent huge pages (far fewer page faults on first touch than 4 KiB pages;
+ * the tail under 2 MiB stays in small pages, so a block just over a multiple of 2 MiB costs no
+ * extra huge page). */
+void *lm_vol_alloc(size_t bytes);
 /* out = in converted to dtype dt (a new owned tensor with in's name and shape). Integer targets
  * round to nearest and saturate; NaN to integer is an error. */
 int lm_tensor_convert(lm_tensor *out, const lm_tensor *in, lm_dtype dt);

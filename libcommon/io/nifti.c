@@ -302,29 +302,13 @@ static int vox_bytes_load(const nifti_image *nim, vox_bytes *b)
     return 0;
 }
 
-/* Memory for voxels that are about to be written in full, released with free(): in 2 MiB pages
- * where the kernel gives them for the asking (transparent huge pages in "madvise" mode), which
- * costs far fewer page faults than 4 KiB pages on first touch. */
-static void *vox_alloc(size_t bytes)
-{
-    const size_t huge = (size_t)2 << 20, len = (bytes + huge - 1) / huge * huge;
-    if (bytes < huge)
-        return malloc(bytes ? bytes : 1);
-    void *p = aligned_alloc(huge, len);
-#ifdef MADV_HUGEPAGE
-    if (p)
-        madvise(p, len, MADV_HUGEPAGE);
-#endif
-    return p;
-}
-
-/* t = a tensor of that shape over vox_alloc memory it owns (contents undefined) */
+/* t = a tensor of that shape over lm_vol_alloc memory it owns (contents undefined) */
 static int vox_tensor(lm_tensor *t, lm_dtype dt, int ndim, const int64_t *shape)
 {
     int64_t n = 1;
     for (int i = 0; i < ndim; i++)
         n *= shape[i];
-    void *p = vox_alloc((size_t)n * lm_dtype_size(dt));
+    void *p = lm_vol_alloc((size_t)n * lm_dtype_size(dt));
     if (!p || lm_tensor_wrap(t, "", dt, ndim, shape, p) < 0) {
         free(p);
         return lm_error_set("out of memory (%lld voxels)", (long long)n);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static const struct {
     const char *name;
@@ -136,6 +137,21 @@ int lm_tensor_wrap(lm_tensor *t, const char *name, lm_dtype dt, int ndim, const 
     t->data = data;
     t->owns = 0;
     return 0;
+}
+
+void *lm_vol_alloc(size_t bytes)
+{
+    const size_t huge = (size_t)2 << 20;
+    if (bytes < huge)
+        return malloc(bytes ? bytes : 1);
+    if (bytes > SIZE_MAX - huge)
+        return NULL;
+    void *p = aligned_alloc(huge, (bytes + huge - 1) / huge * huge); /* a multiple, as C11 asks */
+#ifdef MADV_HUGEPAGE
+    if (p)
+        madvise(p, bytes / huge * huge, MADV_HUGEPAGE); /* advice: where it fails, small pages */
+#endif
+    return p;
 }
 
 void lm_tensor_free(lm_tensor *t)

@@ -3,6 +3,11 @@
  * reduction order (bits equal for 1 and 2 threads) and the mul gradient by finite differences. */
 #include "kt.h"
 
+#include <errno.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 static void t_arith(void)
 {
     KT_COVER(add);
@@ -138,10 +143,17 @@ static void t_threads(void)
 
 /* lm_backend_alloc_zero: zero however the memory was used before (the CPU hands whole pages back
  * to the kernel and clears the edges: blocks of odd sizes and offsets, reused from the heap).
- * Blocks of 2 MiB and more are 2 MiB aligned (the CPU backend asks for huge pages there). */
+ * Blocks of 2 MiB and more are mappings of their own, 2 MiB aligned (the CPU backend asks for
+ * huge pages there), ending with the block: the page after its last one is not mapped (so no
+ * huge page covers more than the block). Sizes past what can be allocated fail. */
 static void t_alloc_zero(void)
 {
     lm_backend *be = kt_be();
+    for (size_t k = 0; k < 64; k++) { /* sizes that wrap when rounded up */
+        lm_error_clear();
+        LM_CHECK(lm_backend_alloc(be, SIZE_MAX - k) == NULL && *lm_error(), "alloc SIZE_MAX - %zu",
+                 k);
+    }
     const size_t sizes[] = {4,          4100,           (1u << 20) + 12,        (2u << 20) - 4,
                             (2u << 20), (2u << 20) + 4, (3u << 20) + 4096 + 40, 48u << 20};
     const uintptr_t huge = (uintptr_t)2 << 20;
@@ -151,6 +163,12 @@ static void t_alloc_zero(void)
             float *p = lm_backend_alloc(be, nb); /* dirty the heap, then reuse it */
             LM_CHECK(p != NULL, "alloc %zu", nb);
             LM_CHECK(nb < huge || ((uintptr_t)p & (huge - 1)) == 0, "alloc %zu: 2 MiB aligned", nb);
+            if (nb >= huge) {
+                const size_t pg = (size_t)sysconf(_SC_PAGESIZE), end = (nb + pg - 1) / pg * pg;
+                unsigned char v;
+                LM_CHECK(mincore((char *)p + end, pg, &v) < 0 && errno == ENOMEM,
+                         "alloc %zu: the page after the block is not mapped", nb);
+            }
             KT_CALL(fill, p, -3.0f, (int64_t)n);
             lm_backend_free(be, p);
             float *z = lm_backend_alloc_zero(be, nb);
