@@ -110,6 +110,11 @@ static void t_paths(void)
      * sums a row, bands of 20 rows (20 + 20 + 5), rows of 4 tiles + 4; 3 channels (tiles of
      * 32, 2 + 6 a row, one band); stride 2 (1 tile + 6) */
     paths_case((lm_conv3d_args){8, 16, 3, 45, 100, 1});
+    /* (review) a short last group on the band path (7 = 4 + 3, bands of 46 + 14 rows), bands
+     * of one row (64 x 551 partial sums a row, stride 2, odd sizes), one output row */
+    paths_case((lm_conv3d_args){8, 7, 3, 60, 100, 1});
+    paths_case((lm_conv3d_args){4, 64, 3, 5, 1101, 2});
+    paths_case((lm_conv3d_args){8, 8, 3, 1, 100, 1});
     /* one block of taps, channel group by group over the rows: 7 = 4 + 3 channels, rows of
      * 2 tiles + 12 */
     paths_case((lm_conv3d_args){2, 7, 4, 9, 60, 1});
