@@ -206,14 +206,17 @@ typedef struct {
     double t, best, tp, ratio;
 } timing;
 
-/* One sample of the peer, then, after an OpenBLAS peer, the op untimed until OpenBLAS's idle
- * workers have stopped spinning (they do for a while after a call), which also has the cores
- * busy, not idle, when the op's next sample starts (a pause there slowed the first run after
- * it) */
+/* One sample of the peer, after one untimed run of it (the op's OpenMP workers spin for a
+ * while after its last call, and must not take the cores from the peer's sample); then, after
+ * an OpenBLAS peer, the op untimed until OpenBLAS's idle workers have stopped spinning (they do
+ * for a while after a call), which also has the cores busy, not idle, when the op's next
+ * sample starts (a pause there slowed the first run after it) */
 static double peer_sample(peer p, int inner, op_fn *fn, const op_ctx *c)
 {
     if (p.blas)
         openblas_set_num_threads(nthreads);
+    if (inner)
+        p.fn(p.c);
     const double t = inner ? sample(p.fn, p.c, inner) : 0;
     if (p.blas) {
         openblas_set_num_threads(1); /* what the CPU backend runs with */
