@@ -3,7 +3,8 @@
 # (tests/cli/*.sh, tests/pipes/*.sh), counts their "ok -" / "not ok -" / "skip -" lines and
 # ends with the plain line "N passed, N failed". A program that exits non-zero without
 # reporting a failing case counts as one failure; exit 77 means "skipped as a whole" (a
-# failure instead when LM_REQUIRE_CUDA=1, i.e. `make check-cuda`). Logs: BUILD/test-logs/.
+# failure instead when LM_REQUIRE_CUDA=1, i.e. `make check-cuda`). LM_PROGRAMS_ONLY=1 runs the
+# test programs of BUILD only, not the shell tests (`make check-asan`). Logs: BUILD/test-logs/.
 set -u
 build=${1:-build}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,9 +41,10 @@ for t in "$LM_BUILD"/tests/*/test_*; do
     case "$t" in *.d|*.o) continue ;; esac
     run_one "${t#"$LM_BUILD"/tests/}" "$t"
 done
-for s in "$root"/tests/cli/*.sh "$root"/tests/pipes/*.sh; do
-    run_one "${s#"$root"/tests/}" bash "$s"
-done
+[ "${LM_PROGRAMS_ONLY:-0}" = 1 ] ||
+    for s in "$root"/tests/cli/*.sh "$root"/tests/pipes/*.sh; do
+        run_one "${s#"$root"/tests/}" bash "$s"
+    done
 if [ ${#failures[@]} -gt 0 ]; then
     echo
     echo "Failures:"
