@@ -352,9 +352,9 @@ static int fwd_s1_planes(float *y, const float *x, const float *w, const float *
  * tile's inputs then stay in L1), and each block's FMA chain is added to the sum of the
  * blocks before it (one chain over all Cin·27 taps rounds too much for the tests at Cin = 40).
  * Each tap also prefetches the next tile's inputs in its row. Wide rows (Wo >= 16) are tiled
- * row by row (with several blocks of taps, block by block over bands of rows: a block's
- * weights and input rows stay in L1 across the band's tiles -- dec S1 head 8->3 at 96x80x96,
- * 216 taps, 16-20% faster on 1 and 2 threads), narrow ones as one run over the plane -- or,
+ * block of taps by block over bands of rows (a block's weights and input rows stay in L1
+ * across the band's tiles -- dec S1 head 8->3 at 96x80x96, 216 taps, 16-20% faster on 1 and 2
+ * threads), narrow ones as one run over the plane -- or,
  * where the output channels fill vectors of 16 (enc conv4, conv5, dec S4), with the channels
  * in the lanes and the positions broadcast (conv_cv_plane, weights transposed by tap per
  * call). Threads take output planes; a thread keeps the last three input planes it prepared
@@ -381,7 +381,7 @@ typedef struct {
     int64_t Q;      /* q range of an output plane: (Ho-1)·Wp + Wo */
     int mr, nv, nw; /* micro-tile: mr output channels by nv vectors (nw = 8·nv voxels) */
     int rowwise;
-    int64_t band;    /* rowwise, several blocks of taps: rows of a band (direct_plane) */
+    int64_t band;    /* rowwise: rows of a band of full tiles (direct_plane) */
     const float *wt; /* cv: the weights by tap, [Cin·27][Cout] (tap k as above) */
     int cv;          /* output channels in vectors, positions broadcast (conv_cv_plane) */
 } dctx;
@@ -635,13 +635,14 @@ __attribute__((target("avx2,fma"))) static void direct_plane(const dctx *c, int6
     conv_ukr_fn *const *ukr = conv_ukrs[c->nv - 3];
     const int64_t nrow = c->rowwise ? g->Ho : 1, rlen = c->rowwise ? Wo : c->Q;
     const int64_t ntl = Wo / NW; /* full tiles of a row */
-    if (c->rowwise && k1 - k0 > CONV_KC && ntl > 0) {
-        /* several blocks of taps: the rows' full tiles block by block over bands of c->band
-         * rows, so that a block's weights and input rows stay in L1 from one tile and row to
-         * the next (tile by tile, every block's weights and rows come in again for each
-         * tile); the partial sums of a band in acc [Cout][band·Wo]. The last block writes the
-         * output one group of mr channels at a time over the band's rows (mr output rows
-         * written at once, not all Cout: enc conv2 5-6% faster on 1 and 2 threads) */
+    if (c->rowwise && ntl > 0) {
+        /* the rows' full tiles block of taps by block over bands of c->band rows, so that a
+         * block's weights and input rows stay in L1 from one tile and row to the next (tile by
+         * tile, every block's weights and rows come in again for each tile); the partial sums
+         * of a band in acc [Cout][band·Wo]. The last (or only) block writes the output one
+         * group of mr channels at a time over the band's rows: mr output rows written at once,
+         * not all Cout (enc conv1, one block, 20-25% faster on 1 and 2 threads than all
+         * channels row by row; enc conv2 5-6%) */
         for (int64_t r0 = 0; r0 < g->Ho; r0 += c->band) {
             const int64_t nb_r = g->Ho - r0 < c->band ? g->Ho - r0 : c->band, ld = nb_r * Wo;
             for (int t0 = k0; t0 < k1; t0 += CONV_KC) {
@@ -673,17 +674,6 @@ __attribute__((target("avx2,fma"))) static void direct_plane(const dctx *c, int6
             }
         }
     }
-    if (c->rowwise && k1 - k0 <= CONV_KC && ntl > 0)
-        /* one block of taps: the full tiles of every row, one group of mr channels at a time
-         * (mr output rows written at once, not all Cout: enc conv1, 1->8 at 96x80x96, 20-25%
-         * faster on 1 and 2 threads than all channels row by row) */
-        for (int co0 = 0; co0 < g->Cout;) {
-            const int mr = g->Cout - co0 < c->mr ? g->Cout - co0 : c->mr;
-            for (int64_t r = 0; r < g->Ho; r++)
-                ukr[mr - 1](yz + co0 * nout + r * Wo, nout, NULL, NW, c->b ? c->b + co0 : NULL,
-                            ring + r * Wp, xo, c->wo, k0, k1, c->w + co0 * K27, K27, 1, (int)ntl);
-            co0 += mr;
-        }
     for (int64_t r = 0; r < nrow; r++) {
         /* the rows' full tiles are done above */
         for (int64_t x0 = c->rowwise ? ntl * NW : 0; x0 < rlen; x0 += NW) {
