@@ -637,8 +637,9 @@ static int adapters_bwd(lm_net *n)
  * r_k = Head(s_k) and out = r_k ⊕ Û. The backward runs the same steps in reverse, in a fixed
  * order (the gradients of Û and s_{k+1} are sums). */
 typedef struct {
-    char sup[8], s[4], x[4], f[4], fm[4], ff[4], warp[8], r[4], uup[16];
-    char cw[24], cb[24], hw[24], hb[24];
+    /* room for any int k: -O1 (check-asan) checks the snprintf sizes over int's range */
+    char sup[24], s[16], x[16], f[16], fm[16], ff[16], warp[24], r[16], uup[48];
+    char cw[40], cb[40], hw[40], hb[40];
 } stage_names;
 
 static void stage_names_for(stage_names *m, int k, const char *u)
@@ -666,7 +667,7 @@ static int residual_stage_fwd(lm_net *n, int k, const char *out, const char *u,
     stage_names_for(&m, k, u);
     TRY(up_fwd(n, m.uup, u, 1));
     TRY(warp_fwd(n, m.warp, moving, m.uup));
-    char sk1[4];
+    char sk1[16];
     snprintf(sk1, sizeof sk1, "s%d", k + 1);
     TRY(up_fwd(n, m.sup, sk1, 0));
     const char *xs[] = {m.sup, m.f, m.fm, m.ff, m.warp, m.uup},
@@ -690,7 +691,7 @@ static int residual_stage_bwd(lm_net *n, int k, const char *out, const char *u,
     const char *xs[] = {m.sup, m.f, m.fm, m.ff, m.warp, m.uup},
                *xn[] = {m.sup, m.fm, m.ff, m.warp, m.uup};
     TRY(cat_bwd(n, m.x, llm ? xs : xn, 6 - !llm));
-    char sk1[4];
+    char sk1[16];
     snprintf(sk1, sizeof sk1, "s%d", k + 1);
     TRY(up_bwd(n, m.sup, sk1, 0));
     TRY(warp_bwd(n, m.warp, moving, m.uup));
