@@ -403,15 +403,22 @@ typedef struct {
             float *o = out + MR * ib * ldo + 8 * NV * s;                                           \
             const float *a = in ? in + MR * ib * ldi + 8 * NV * s : NULL;                          \
             const float *xs = xq + 8 * NV * s;                                                     \
+            __asm__("" : "+r"(xs));                                                                \
             __m256 acc[MR][NV];                                                                    \
             _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++)                                   \
             {                                                                                      \
                 const __m256 v = _mm256_set1_ps(b ? b[MR * ib + m] : 0.0f);                        \
                 _Pragma("GCC unroll 8") for (int j = 0; j < NV; j++) acc[m][j] = v;                \
             }                                                                                      \
-            const float *wi = w + MR * ib * K27;                                                   \
+            const float *wm[MR]; /* the rows of the MR channels: a broadcast is one instruction */ \
+            _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++)                                   \
+            { /* (opaque to GCC, which would otherwise add each row's offset again per tap) */     \
+                wm[m] = w + (MR * ib + m) * K27;                                                   \
+                __asm__("" : "+r"(wm[m]));                                                         \
+            }                                                                                      \
             for (int t = t0; t < t1; t++) {                                                        \
-                const float *p = xs + xo[t], *wt = wi + wo[t];                                     \
+                const float *p = xs + xo[t];                                                       \
+                const int wt = wo[t];                                                              \
                 _mm_prefetch((const char *)(p + 8 * NV + 16), _MM_HINT_T0);                        \
                 if (MR * NV + NV + 1 <= 16) {                                                      \
                     __m256 xv[NV];                                                                 \
@@ -419,14 +426,14 @@ typedef struct {
                         _mm256_loadu_ps(p + 8 * j);                                                \
                     _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++)                           \
                     {                                                                              \
-                        const __m256 wv = _mm256_broadcast_ss(wt + m * K27);                       \
+                        const __m256 wv = _mm256_broadcast_ss(wm[m] + wt);                         \
                         _Pragma("GCC unroll 8") for (int j = 0; j < NV; j++) acc[m][j] =           \
                             _mm256_fmadd_ps(wv, xv[j], acc[m][j]);                                 \
                     }                                                                              \
                 } else {                                                                           \
                     __m256 wv[MR];                                                                 \
                     _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++) wv[m] =                   \
-                        _mm256_broadcast_ss(wt + m * K27);                                         \
+                        _mm256_broadcast_ss(wm[m] + wt);                                           \
                     _Pragma("GCC unroll 8") for (int j = 0; j < NV; j++)                           \
                     {                                                                              \
                         const __m256 xv = _mm256_loadu_ps(p + 8 * j);                              \
