@@ -357,7 +357,8 @@ static int fwd_s1_planes(float *y, const float *x, const float *w, const float *
  * threads), narrow ones as one run over the plane -- or,
  * where the output channels fill vectors of 16 (enc conv4, conv5, dec S4), with the channels
  * in the lanes and the positions broadcast (conv_cv_plane, weights transposed by tap per
- * call). Threads take output planes; a thread keeps the last three input planes it prepared
+ * call). Threads take output planes -- on that channels-in-lanes path, groups of 16 output
+ * channels first (fwd_direct) -- and a thread keeps the last three input planes it prepared
  * in a ring. Below CONV_PAR_FLOPS one thread
  * does it all: there a second one costs more (fork, join) than it saves. On an idle 2-core
  * machine the 40 MFLOP layer 16->32 24x20x24 s2 takes 0.6 ms on two threads against 0.7 ms on
@@ -382,7 +383,6 @@ typedef struct {
     int mr, nv, nw; /* micro-tile: mr output channels by nv vectors (nw = 8·nv voxels) */
     int rowwise;
     int64_t band;    /* rowwise: rows of a band of full tiles (direct_plane) */
-    const float *wt; /* cv: the weights by tap, [Cin·27][Cout] (tap k as above) */
     int cv;          /* output channels in vectors, positions broadcast (conv_cv_plane) */
 } dctx;
 
@@ -517,15 +517,15 @@ __attribute__((target("avx2,fma"))) static void direct_prepare(float *slot, cons
  * wt[k][co..co+15]) by CV_NP positions, each input value broadcast; taps in blocks of CONV_KC
  * as in conv_ukr (the first block's chain starts at the bias, each later one at 0 and is added
  * to the sum of the blocks before it), so every output element is one fixed chain. qs: the
- * q of the plane's positions (pos = yo·Wo + xo at q = yo·Wp + xo), npos of them. */
+ * q of the plane's positions (pos = yo·Wo + xo at q = yo·Wp + xo), npos of them. Output
+ * channels [co0, co1) only, their weights by tap in wt [Cin·27][co1 - co0]. */
 #define CV_NP 6
-__attribute__((target("avx2,fma"))) static void conv_cv_plane(const dctx *c, float *yz,
-                                                              const float *ring, const int *xo,
-                                                              int k0, int k1, const int *qs,
-                                                              int npos, float *part)
+__attribute__((target("avx2,fma"))) static void
+conv_cv_plane(const dctx *c, float *yz, const float *ring, const int *xo, int k0, int k1,
+              const int *qs, int npos, float *part, const float *wt, int co0, int co1)
 {
     const geom *g = c->g;
-    const int64_t nout = g->Do * g->P, Cout = g->Cout;
+    const int64_t nout = g->Do * g->P, ldw = co1 - co0;
     for (int p0 = 0; p0 < npos; p0 += CV_NP) {
         const int np = npos - p0 < CV_NP ? npos - p0 : CV_NP;
         /* the positions' input pointers: a tap's broadcast is then one instruction, pointer
@@ -534,7 +534,7 @@ __attribute__((target("avx2,fma"))) static void conv_cv_plane(const dctx *c, flo
         const float *xq[CV_NP];
         for (int j = 0; j < CV_NP; j++) /* a short last group repeats its last position */
             xq[j] = ring + qs[p0 + (j < np ? j : np - 1)];
-        for (int64_t co = 0; co < Cout; co += 16) {
+        for (int64_t co = co0; co < co1; co += 16) {
             for (int t0 = k0; t0 < k1; t0 += CONV_KC) {
                 const int t1 = k1 - t0 < CONV_KC ? k1 : t0 + CONV_KC;
                 __m256 acc[2][CV_NP];
@@ -546,8 +546,8 @@ __attribute__((target("avx2,fma"))) static void conv_cv_plane(const dctx *c, flo
                     acc[0][j] = b0;
                     acc[1][j] = b1;
                 }
-                const float *w = c->wt + (int64_t)t0 * Cout + co;
-                for (int t = t0; t < t1; t++, w += Cout) {
+                const float *w = wt + (int64_t)t0 * ldw + (co - co0);
+                for (int t = t0; t < t1; t++, w += ldw) {
                     const int o = xo[t];
                     const __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8);
                     _Pragma("GCC unroll 8") for (int j = 0; j < CV_NP; j++)
@@ -607,10 +607,11 @@ __attribute__((target("avx2,fma"))) static void wt_taps(float *dst, const float 
     }
 }
 
-/* output plane zo, all channels; xo: this thread's tap offsets (Cin·27), acc: its
- * Cout·nw partial sums */
+/* output plane zo, all channels (on the channels-in-lanes path, channels [cv0, cv1) with
+ * their weights by tap in wt); xo: this thread's tap offsets (Cin·27), acc: its partial sums */
 __attribute__((target("avx2,fma"))) static void direct_plane(const dctx *c, int64_t zo, float *ring,
-                                                             int64_t tags[3], int *xo, float *acc)
+                                                             int64_t tags[3], int *xo, float *acc,
+                                                             const float *wt, int cv0, int cv1)
 {
     const geom *g = c->g;
     const int64_t nout = g->Do * g->P, Wo = g->Wo, Wp = c->Wp, K27 = (int64_t)g->Cin * 27;
@@ -639,7 +640,7 @@ __attribute__((target("avx2,fma"))) static void direct_plane(const dctx *c, int6
         for (int64_t yo = 0; yo < g->Ho; yo++)
             for (int64_t x = 0; x < Wo; x++, npos++)
                 qs[npos] = (int)(yo * Wp + x), qs[g->P + npos] = (int)(yo * Wo + x);
-        conv_cv_plane(c, yz, ring, xo, k0, k1, qs, npos, acc + 2 * g->P);
+        conv_cv_plane(c, yz, ring, xo, k0, k1, qs, npos, acc + 2 * g->P, wt, cv0, cv1);
         return;
     }
     const int NW = c->nw;
@@ -800,15 +801,6 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
         for (int ci = 0; ci < Cin; ci++)
             for (int j = 0; j < 9; j++)
                 c.wo[(kd * Cin + ci) * 9 + j] = ci * 27 + kd * 9 + j;
-    float *wt = NULL;
-    if (c.cv) { /* by tap: wt[k·Cout + co] */
-        if (!(wt = lm_cpu_scratch((size_t)(K27 * g->Cout) * sizeof *wt))) {
-            lm_cpu_scratch_free(c.off);
-            lm_cpu_scratch_free(c.wo);
-            return -1;
-        }
-        c.wt = wt; /* filled by the threads, below */
-    }
     for (int ci = 0; ci < Cin; ci++)
         for (int t = 0; t < 9; t++) {
             const int kh = t / 3, kw = t % 3;
@@ -820,8 +812,8 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
             c.off[ci * 9 + t] = (int)(ci * c.PS + o);
         }
     /* planes to a thread at a time: a thread's consecutive planes share input planes (two of
-     * three at stride 1, one at stride 2), so few planes go in one block per thread (enc conv5:
-     * 6 planes, 3 each); the bits do not depend on who computes a plane */
+     * three at stride 1, one at stride 2), so few planes go in one block per thread (6 planes on
+     * 2 threads: 3 each); the bits do not depend on who computes a plane */
     const int64_t nth = omp_get_max_threads() > 0 ? omp_get_max_threads() : 1;
     const int64_t chunk = g->Do < 4 * nth ? (g->Do + nth - 1) / nth : (g->Do + 15) / 16;
     const double flops = 2.0 * g->Cout * 27.0 * Cin * (double)(g->Do * g->P);
@@ -841,26 +833,44 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
             failed = 1;
         } else
             memset(ring, 0, nring * sizeof *ring);
-        if (wt) { /* shared out (a serial pass would keep the other threads waiting); per
-                   * (kd, ci), the nine taps of every channel: rows of 9 read, 9 rows written */
-            const int64_t Co = g->Cout;
-#pragma omp for schedule(static)
-            for (int64_t kc = 0; kc < 3 * (int64_t)Cin; kc++) {
-                const int64_t kd = kc / Cin, ci = kc % Cin;
-                wt_taps(wt + kc * 9 * Co, w + ci * 27 + kd * 9, Co, K27);
+        if (c.cv) {
+            /* channels-in-lanes: the threads split the groups of 16 output channels first,
+             * then the planes; each transposes its channels' weights by tap into a block of
+             * its own (wt[k·n + co - co0]) and reads no line another thread writes. Sharing
+             * the planes of all channels instead, with one transpose shared out, cost a
+             * barrier and the transposed weights crossing between the cores' caches at every
+             * call: enc conv5 took longer on two threads than on one */
+            const int nt = omp_get_num_threads(), th = omp_get_thread_num();
+            const int cb = g->Cout / 16, ncg = nt < cb ? nt : cb, npg = nt / ncg;
+            const int cg = th % ncg, pg = th / ncg, busy = th < ncg * npg;
+            const int co0 = 16 * (cb * cg / ncg), co1 = 16 * (cb * (cg + 1) / ncg), n = co1 - co0;
+            const int64_t z0 = busy ? g->Do * pg / npg : 0, z1 = busy ? g->Do * (pg + 1) / npg : 0;
+            float *wtp = z1 > z0 ? lm_cpu_scratch((size_t)(K27 * n) * sizeof *wtp) : NULL;
+            if (z1 > z0 && !wtp) {
+#pragma omp atomic write
+                failed = 1;
             }
-        }
+            if (ok && wtp) {
+                for (int64_t kc = 0; kc < 3 * (int64_t)Cin; kc++) { /* per (kd, ci): 9 taps */
+                    const int64_t kd = kc / Cin, ci = kc % Cin;
+                    wt_taps(wtp + kc * 9 * n, w + co0 * K27 + ci * 27 + kd * 9, n, K27);
+                }
+                for (int64_t zo = z0; zo < z1; zo++)
+                    direct_plane(&c, zo, ring, tags, xo, acc, wtp, co0, co1);
+            }
+            lm_cpu_scratch_free(wtp);
+        } else {
 #pragma omp for schedule(dynamic, chunk) nowait
-        for (int64_t zo = 0; zo < g->Do; zo++)
-            if (ok)
-                direct_plane(&c, zo, ring, tags, xo, acc);
+            for (int64_t zo = 0; zo < g->Do; zo++)
+                if (ok)
+                    direct_plane(&c, zo, ring, tags, xo, acc, NULL, 0, g->Cout);
+        }
         lm_cpu_scratch_free(ring);
         lm_cpu_scratch_free(xo);
         lm_cpu_scratch_free(acc);
     }
     lm_cpu_scratch_free(c.off);
     lm_cpu_scratch_free(c.wo);
-    lm_cpu_scratch_free(wt);
     return failed ? -1 : 0;
 }
 #endif
