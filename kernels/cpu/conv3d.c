@@ -608,7 +608,8 @@ __attribute__((target("avx2,fma"))) static void wt_taps(float *dst, const float 
 }
 
 /* output plane zo, all channels (on the channels-in-lanes path, channels [cv0, cv1) with
- * their weights by tap in wt); xo: this thread's tap offsets (Cin·27), acc: its partial sums */
+ * their weights by tap in wt; elsewhere wt is NULL); xo: this thread's tap offsets (Cin·27),
+ * acc: its partial sums */
 __attribute__((target("avx2,fma"))) static void direct_plane(const dctx *c, int64_t zo, float *ring,
                                                              int64_t tags[3], int *xo, float *acc,
                                                              const float *wt, int cv0, int cv1)
@@ -811,9 +812,10 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
                 o = ((kh != 1) * 2 + (kw != 1)) * c.PH + (kh == 2) * c.Wp + (kw == 2);
             c.off[ci * 9 + t] = (int)(ci * c.PS + o);
         }
-    /* planes to a thread at a time: a thread's consecutive planes share input planes (two of
-     * three at stride 1, one at stride 2), so few planes go in one block per thread (6 planes on
-     * 2 threads: 3 each); the bits do not depend on who computes a plane */
+    /* (the paths other than channels-in-lanes) planes to a thread at a time: a thread's
+     * consecutive planes share input planes (two of three at stride 1, one at stride 2), so few
+     * planes go in one block per thread (6 planes on 2 threads: 3 each); the bits do not
+     * depend on who computes a plane */
     const int64_t nth = omp_get_max_threads() > 0 ? omp_get_max_threads() : 1;
     const int64_t chunk = g->Do < 4 * nth ? (g->Do + nth - 1) / nth : (g->Do + 15) / 16;
     const double flops = 2.0 * g->Cout * 27.0 * Cin * (double)(g->Do * g->P);
@@ -834,17 +836,20 @@ static int fwd_direct(float *y, const float *x, const float *w, const float *b, 
         } else
             memset(ring, 0, nring * sizeof *ring);
         if (c.cv) {
-            /* channels-in-lanes: the threads split the groups of 16 output channels first,
-             * then the planes; each transposes its channels' weights by tap into a block of
-             * its own (wt[k·n + co - co0]) and reads no line another thread writes. Sharing
-             * the planes of all channels instead, with one transpose shared out, cost a
-             * barrier and the transposed weights crossing between the cores' caches at every
-             * call: enc conv5 took longer on two threads than on one */
-            const int nt = omp_get_num_threads(), th = omp_get_thread_num();
-            const int cb = g->Cout / 16, ncg = nt < cb ? nt : cb, npg = nt / ncg;
-            const int cg = th % ncg, pg = th / ncg, busy = th < ncg * npg;
+            /* channels-in-lanes: the threads split the groups of 16 output channels first
+             * (into ncg parts, the most that divides the thread count), then the planes; each
+             * transposes its channels' weights by tap into a block of its own
+             * (wt[k·n + co - co0]). Sharing the planes of all channels instead, with one
+             * transpose shared out, cost a barrier and the transposed weights crossing
+             * between the cores' caches at every call: enc conv5 took longer on two threads
+             * than on one */
+            const int nt = omp_get_num_threads(), th = omp_get_thread_num(), cb = g->Cout / 16;
+            int ncg = nt < cb ? nt : cb;
+            while (nt % ncg)
+                ncg--;
+            const int npg = nt / ncg, cg = th % ncg, pg = th / ncg;
             const int co0 = 16 * (cb * cg / ncg), co1 = 16 * (cb * (cg + 1) / ncg), n = co1 - co0;
-            const int64_t z0 = busy ? g->Do * pg / npg : 0, z1 = busy ? g->Do * (pg + 1) / npg : 0;
+            const int64_t z0 = g->Do * pg / npg, z1 = g->Do * (pg + 1) / npg;
             float *wtp = z1 > z0 ? lm_cpu_scratch((size_t)(K27 * n) * sizeof *wtp) : NULL;
             if (z1 > z0 && !wtp) {
 #pragma omp atomic write

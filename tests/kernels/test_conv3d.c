@@ -130,8 +130,13 @@ static void t_paths(void)
      * channels, a stride-1 plane of 3x3 */
     paths_case((lm_conv3d_args){8, 16, 7, 9, 10, 2});
     paths_case((lm_conv3d_args){24, 48, 3, 9, 9, 2});
-    /* 48 channels on two threads: groups of 16 and 32 channels, each thread all planes */
-    paths_case((lm_conv3d_args){24, 48, 7, 9, 9, 2});
+    /* 48 channels: on 2 threads groups of 16 and 32 channels, each thread all planes; on 3
+     * one group each; on 4, 16 + 32 channels by 2 + 2 planes */
+    for (int nt = 2; nt <= 4; nt++) {
+        lm_backend_set_threads(kt_be(), nt);
+        paths_case((lm_conv3d_args){24, 48, 7, 9, 9, 2});
+    }
+    lm_backend_set_threads(kt_be(), 2);
     paths_case((lm_conv3d_args){16, 32, 4, 3, 3, 1});
     paths_case((lm_conv3d_args){16, 32, 24, 20, 24, 2}); /* enc conv4 */
     paths_case((lm_conv3d_args){2, 2, 3, 3, 3, 2});
@@ -247,7 +252,8 @@ static void t_threads_fwd(void)
     KT_COVER(conv3d_fwd);
     static const lm_conv3d_args shapes[] = {
         {16, 32, 48, 40, 48, 2}, {96, 32, 12, 10, 12, 1}, {8, 3, 24, 80, 96, 1},
-        {32, 32, 12, 10, 12, 2}, {1, 8, 24, 20, 96, 1}, {24, 48, 7, 9, 9, 2}};
+        {32, 32, 12, 10, 12, 2}, {1, 8, 24, 20, 96, 1}, {24, 48, 7, 9, 9, 2},
+        {32, 16, 12, 10, 12, 2}}; /* 16 channels: the threads split the planes */
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         tctx c = tctx_new(shapes[i], 0);
         kt_same_bits_1v2("conv3d y", fwd_run, &c, c.y, (size_t)c.nout * 4);
