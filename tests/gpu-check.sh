@@ -4,7 +4,8 @@
 # may run 600 s); each step's timeout is cut to the time left and a step that no longer fits is
 # reported as "not run". The summary table is rewritten after every step (OUT/summary.txt), so
 # a run stopped at any point still leaves its table. Times are estimates for an H200 with 16
-# cores (no GPU has run this yet):
+# cores; on one H200 (2026-11-28) steps 2-6 and 8 took 110-118 s in all, the build carried
+# (tests/gpu-pack.sh):
 #   1. build (CUDA=1 CI=true: sm_80 + sm_90, warnings as errors) of what steps 2-6 run, into a
 #      build folder of its own (~2 min: every .cu file);
 #   2. op parity: tests/kernels/test_cuda_parity, every op CPU vs CUDA, with LM_REQUIRE_CUDA=1

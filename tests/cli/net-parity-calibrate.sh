@@ -1,0 +1,28 @@
+# test_net_cuda --calibrate on the CPU: the GPU parity test's own machinery (reference, perturbed
+# reference, comparison, and the references taking the side under test's branches at the ReLU
+# and LeakyReLU kinks) with a perturbed CPU run standing in for the GPU. CI has no GPU, so this
+# is where that machinery is tested; the parity itself runs on a GPU (tests/gpu-check.sh).
+. "$LM_SRCDIR/tests/lib/sh.sh"
+bin=$LM_BUILD/tests/unit/test_net_cuda
+if [ ! -x "$bin" ]; then
+    skip "calibrate" "$bin not built"
+    finish
+fi
+run "$bin" --calibrate tiny
+check "exits 0" [ "$rc" -eq 0 ]
+for c in tiny_f32 tiny_bf16 tiny_half; do
+    check "$c passes against a perturbed run" grep -q "^ok - test_net_cuda: $c\$" "$T/out"
+    # the perturbed stand-in lands some units on the other side of 0; the references follow it
+    check "$c counts the units on the other side of a kink" \
+        grep -Eq "^# $c: [0-9]+ ReLU/LeakyReLU units on the other side of 0" "$T/out"
+done
+check "no tensor beyond its tolerance" \
+    [ "$(grep -c ' 0 of [0-9]* tensors beyond their tolerance' "$T/out")" -eq 3 ]
+# with the branches matched, what is left between the runs is arithmetic: every case's worst
+# gradient error is under half its tolerance (0.04-0.21 here; with each run on its own branches
+# a unit on the other side of a kink took tiny_f32 to 0.57 and tiny_half to 0.97)
+worst=$(awk '/: (grad|vgrad) +[0-9]+ tensors, worst rel err/ {v = $NF + 0; if (v > m) m = v}
+    END {printf "%.2f", m}' "$T/out")
+check "worst gradient error/tolerance $worst under 0.5" awk -v w="$worst" 'BEGIN {exit !(w < 0.5)}'
+
+finish
