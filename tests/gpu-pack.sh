@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu-pack.sh — packs what tests/gpu-check.sh needs into .gpu/ (git-ignored) for a GPU machine
-# that has the CUDA toolkit and cuDNN (or PyTorch's wheels of them) but not this project's Debian
-# packages, such as a machine that reaches no package registry: the three programs gpu-check.sh
+# that has the CUDA 13 toolkit (or PyTorch's cu13 wheels), cuDNN 9 (there or in PyTorch's wheel)
+# and the C runtime with libgomp, but not this project's Debian packages, such as a machine that
+# reaches no package registry: the three programs gpu-check.sh
 # runs, built here with CUDA=1 CI=true; the shared libraries outside CUDA that they load
 # (nifti, zstd, cJSON, OpenBLAS and its Fortran runtime); stories260K from ../shared when it is
 # there; and .gpu/run.sh, which runs gpu-check.sh on them there. About 57 MB.
@@ -23,8 +24,8 @@ for p in $progs; do
 done
 # the libraries the programs load, less the C/C++ runtime and CUDA's own (the machine's)
 for p in $progs; do ldd ".gpu/build/$p"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' |
-    sort -u | grep -Ev '/(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|libgomp)\.so' |
-    grep -Ev 'cuda|cudnn|cublas|cudart' | while read -r l; do cp -L "$l" .gpu/lib/; done
+    sort -u | { grep -Ev '/(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|libgomp)\.so' || true; } |
+    { grep -Ev 'cuda|cudnn|cublas|cudart' || true; } | while read -r l; do cp -L "$l" .gpu/lib/; done
 shared=${LM_SHARED:-$root/../shared}
 if [ -d "$shared/weights/stories260K-hf" ]; then
     mkdir -p .gpu/shared/weights
@@ -36,10 +37,20 @@ cat >.gpu/run.sh <<'RUN'
 set -u
 cd "$(dirname "$0")/.."
 final=${OUT:-/tmp/gpu-out}
-export OUT=/tmp/gpu-check-logs
-rm -rf "$OUT" && mkdir -p "$OUT" "$final"
+mkdir -p "$final"
+export OUT
+OUT=$(mktemp -d /tmp/gpu-check-logs.XXXXXX)
 py() { python3 -c "import $1 as m; print(m.__path__[0] + '/lib')" 2>/dev/null || true; }
-export LD_LIBRARY_PATH="$PWD/.gpu/lib:/usr/local/cuda/lib64:$(py nvidia.cudnn):$(py nvidia.cublas):$(py nvidia.cuda_runtime)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# the machine's CUDA libraries first (its toolkit's, else PyTorch's wheels'), then the packed
+# ones; LD_LIBRARY_PATH comes before the system's own folders, so the packed copies (cJSON,
+# zstd, OpenBLAS, gfortran) stand in for any the machine has, for every program (PyTorch, the
+# timing peer, ran with them on an H200)
+lp=${LD_LIBRARY_PATH:-}
+for d in /usr/local/cuda/lib64 "$(py nvidia.cudnn)" "$(py nvidia.cu13)" "$(py nvidia.cublas)" \
+    "$(py nvidia.cuda_runtime)" "$PWD/.gpu/lib"; do
+    [ -n "$d" ] && [ -d "$d" ] && lp=${lp:+$lp:}$d
+done
+export LD_LIBRARY_PATH=$lp
 for p in .gpu/build/tests/*/*; do echo "== $p"; ldd "$p"; done >"$OUT/libs.txt" 2>&1
 if grep -q "not found" "$OUT/libs.txt"; then
     echo "gpu-pack: libraries not found:"

@@ -17,18 +17,23 @@ run "$bin" --calibrate tiny_f32 tiny_half
 check "exits 0" [ "$rc" -eq 0 ]
 for c in tiny_f32 tiny_half; do
     check "$c passes against a perturbed run" grep -q "^ok - test_net_cuda: $c\$" "$T/out"
-    # the perturbed stand-in lands some units on the other side of 0; the references follow it
-    check "$c counts the units on the other side of a kink" \
-        grep -Eq "^# $c: [0-9]+ ReLU/LeakyReLU units on the other side of 0" "$T/out"
 done
+# the perturbed stand-in lands some units on the other side of 0 (3-8 a case here, with either
+# LLM); the references follow it there
+flips=$(sed -nE 's/^# tiny_(f32|half): ([0-9]+) ReLU\/LeakyReLU units on the other side of 0.*/\2/p' \
+    "$T/out" | awk '{n++; s += $1} END {print n + 0, s + 0}')
+check "units on the other side of a kink counted in both cases ($flips)" \
+    awk -v f="$flips" 'BEGIN {split(f, a, " "); exit !(a[1] == 2 && a[2] > 0)}'
+
 check "no tensor beyond its tolerance" \
     [ "$(grep -c ' 0 of [0-9]* tensors beyond their tolerance' "$T/out")" -eq 2 ]
 # with the branches matched, what is left between the runs is arithmetic: every case's worst
-# gradient error is under half its tolerance (0.04-0.21 with stories260K, 0.10-0.17 with the
+# gradient error is under half its tolerance (0.04-0.11 with stories260K, 0.10-0.17 with the
 # random stand-in; with each run on its own branches a unit on the other side of a kink took
-# tiny_f32 to 0.57 and tiny_half to 0.97)
-worst=$(awk '/: (grad|vgrad) +[0-9]+ tensors, worst rel err/ {v = $NF + 0; if (v > m) m = v}
-    END {printf "%.2f", m}' "$T/out")
-check "worst gradient error/tolerance $worst under 0.5" awk -v w="$worst" 'BEGIN {exit !(w < 0.5)}'
+# tiny_f32 to 0.57 and tiny_half to 0.97 with stories260K, tiny_half to 3.01 with the stand-in)
+worst=$(awk '/: (grad|vgrad) +[0-9]+ tensors, worst rel err/ {n++; v = $NF + 0; if (v > m) m = v}
+    END {printf "%d %.2f", n, m}' "$T/out")
+check "worst gradient error/tolerance of 4 summaries under 0.5 ($worst)" \
+    awk -v w="$worst" 'BEGIN {split(w, a, " "); exit !(a[1] == 4 && a[2] < 0.5)}'
 
 finish

@@ -224,6 +224,7 @@ static lm_backend *kink_base; /* the table it wraps: the CPU's, or EMU */
 static const snap *kink_side; /* the side under test's run (NULL: the base's own branches) */
 static lm_net *kink_net;      /* the net being run (set by run()) */
 static int64_t kink_flips;    /* units where the side under test took the other branch */
+static int kink_misses;       /* backward calls on a buffer that is no activation of the side */
 
 /* The side under test's copy of the forward activation that x is, or NULL (x none of the
  * net's activations, or no entry of its name and size) */
@@ -251,6 +252,7 @@ static const float *kink_side_act(const float *x, int64_t n)
 static int kink_bwd(float *dx, const float *dy, const float *x, float slope, int relu, int64_t n)
 {
     const float *side = kink_side_act(x, n);
+    kink_misses += kink_side && kink_net && !side;
     if (side)
         for (int64_t i = 0; i < n; i++)
             kink_flips += (side[i] > 0.0f) != (x[i] > 0.0f);
@@ -651,6 +653,7 @@ static void three_runs(const spec *s, lm_backend *ref)
     KINK.leaky_relu_bwd = kink_leaky_relu_bwd;
     KINK.relu_bwd = kink_relu_bwd;
     kink_base = ref;
+    kink_misses = 0;
     if (!a || !b || !c) {
         lm_test_fail(__FILE__, __LINE__, "out of memory");
     } else if ((calibrate ? run(s, ref, PERTURB, 2, c, &tc) : run(s, GPU, 0, 0, c, &tc)) == 0 &&
@@ -662,6 +665,11 @@ static void three_runs(const spec *s, lm_backend *ref)
             printf("# %s: %lld ReLU/LeakyReLU units on the other side of 0 in the %s forward "
                    "(the references take its branches there)\n",
                    s->what, (long long)flips, side_name(ref));
+        if (kink_misses)
+            lm_test_fail(__FILE__, __LINE__,
+                         "%s: %d ReLU/LeakyReLU backward calls on a buffer that is no activation "
+                         "of the plan: the references cannot take the side's branches there",
+                         s->what, kink_misses);
         compare(s->what, a, b, c, 1);
         if (ref == &EMU) {
             /* the plain CPU reference (x kept f32 in the BF16 GEMMs) against the GPU: the size of
