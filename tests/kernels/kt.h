@@ -1,6 +1,6 @@
 /* kt.h — helpers shared by the kernel tests (header-only: the build links only tests/lib/ sources
  * as test helpers): seeded buffers, a central finite-difference gradient checker, the
- * 1-vs-2-thread bit-identity check, and KT_COVER, which marks the ops a test exercises
+ * thread bit-identity check (1, 2, 3 threads), and KT_COVER, which marks the ops a test exercises
  * (test_coverage.c reads those marks and fails when an op of ops.def has none).
  *
  * These tests run on the CPU backend, whose buffers are host memory, so they read and write
@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cli/lm_rng.h"
+#include "cpu/cpu.h" /* LM_CPU_PAR_MIN */
 #include "io/lm_error.h"
 #include "lm_kernels.h"
 #include "lm_test.h"
@@ -231,27 +232,48 @@ static inline double kt_fd_error(float *x, int64_t n, const float *ga, kt_fn f, 
 }
 
 /* ---- thread bit-identity --------------------------------------------------------------------
- * run(ctx) computes into out (nbytes); it is run with 1 and with 2 threads and the outputs must
- * be bit-identical. Sizes must exceed the backend's serial threshold for this to mean much. */
+ * run(ctx) computes into out (nbytes); it is run with 1, 2, ..., max_threads threads and every
+ * output must be bit-identical to the 1-thread one (3 threads: a split that is no power of
+ * two). The backend is left at 2 threads. Sizes must reach the parallel code, or the check
+ * proves nothing: KT_PARALLEL(n) fails the case where n, the count that a loop of the op
+ * compares with LM_CPU_PAR_MIN (kernels/cpu/cpu.h), is below it. */
 typedef void (*kt_run_fn)(void *ctx);
 
-static inline void kt_same_bits_1v2(const char *what, kt_run_fn run, void *ctx, const void *out,
-                                    size_t nbytes)
+#define KT_PARALLEL(n)                                                                         \
+    do {                                                                                       \
+        if ((int64_t)(n) < LM_CPU_PAR_MIN)                                                     \
+            lm_test_fail(__FILE__, __LINE__, "%s = %lld is below LM_CPU_PAR_MIN (%d): serial", \
+                         #n, (long long)(n), LM_CPU_PAR_MIN);                                  \
+    } while (0)
+
+static inline void kt_same_bits_upto(const char *what, kt_run_fn run, void *ctx, const void *out,
+                                     size_t nbytes, int max_threads)
 {
     void *first = malloc(nbytes ? nbytes : 1);
     lm_backend_set_threads(kt_be(), 1);
     run(ctx);
     memcpy(first, out, nbytes);
-    lm_backend_set_threads(kt_be(), 2);
-    run(ctx);
-    if (memcmp(first, out, nbytes) != 0) {
-        size_t i = 0;
-        while (i < nbytes && ((unsigned char *)first)[i] == ((const unsigned char *)out)[i])
-            i++;
-        lm_test_fail(__FILE__, __LINE__, "%s: 1 and 2 threads differ (first byte %zu of %zu)",
-                     what, i, nbytes);
+    for (int nt = 2; nt <= max_threads; nt++) {
+        lm_backend_set_threads(kt_be(), nt);
+        run(ctx);
+        if (memcmp(first, out, nbytes) != 0) {
+            size_t i = 0;
+            while (i < nbytes && ((unsigned char *)first)[i] == ((const unsigned char *)out)[i])
+                i++;
+            lm_test_fail(__FILE__, __LINE__, "%s: 1 and %d threads differ (first byte %zu of %zu)",
+                         what, nt, i, nbytes);
+            break;
+        }
     }
+    lm_backend_set_threads(kt_be(), 2);
     free(first);
+}
+
+/* 1, 2 and 3 threads */
+static inline void kt_same_bits(const char *what, kt_run_fn run, void *ctx, const void *out,
+                                size_t nbytes)
+{
+    kt_same_bits_upto(what, run, ctx, out, nbytes, 3);
 }
 
 #endif

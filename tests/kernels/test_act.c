@@ -138,9 +138,9 @@ static void t_threads(void)
     const int64_t n = 200003;
     tctx c = {kt_rand(n, -4, 4, 1), kt_rand(n, -4, 4, 2), kt_alloc(n), kt_alloc(n), kt_alloc(n),
               kt_rand(n, -1, 1, 3), n};
-    kt_same_bits_1v2("act y", thr_run, &c, c.y, (size_t)n * 4);
-    kt_same_bits_1v2("act dx", thr_run, &c, c.dx, (size_t)n * 4);
-    kt_same_bits_1v2("act du", thr_run, &c, c.du, (size_t)n * 4);
+    kt_same_bits("act y", thr_run, &c, c.y, (size_t)n * 4);
+    kt_same_bits("act dx", thr_run, &c, c.dx, (size_t)n * 4);
+    kt_same_bits("act du", thr_run, &c, c.du, (size_t)n * 4);
     kt_free(c.x), kt_free(c.u), kt_free(c.y), kt_free(c.dx), kt_free(c.du), kt_free(c.dy);
 }
 

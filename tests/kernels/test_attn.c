@@ -188,10 +188,10 @@ static void t_threads(void)
     c.q = kt_rand(c.nq, -1, 1, 1), c.k = kt_rand(c.nk, -1, 1, 2), c.v = kt_rand(c.nk, -1, 1, 3);
     c.o = kt_alloc(c.nq), c.p = kt_alloc(a.n_q * a.L * a.L), c.dout = kt_rand(c.nq, -1, 1, 4);
     c.dq = kt_alloc(c.nq), c.dk = kt_alloc(c.nk), c.dv = kt_alloc(c.nk);
-    kt_same_bits_1v2("attention o", thr_run, &c, c.o, (size_t)c.nq * 4);
-    kt_same_bits_1v2("attention dq", thr_run, &c, c.dq, (size_t)c.nq * 4);
-    kt_same_bits_1v2("attention dk", thr_run, &c, c.dk, (size_t)c.nk * 4);
-    kt_same_bits_1v2("attention dv", thr_run, &c, c.dv, (size_t)c.nk * 4);
+    kt_same_bits("attention o", thr_run, &c, c.o, (size_t)c.nq * 4);
+    kt_same_bits("attention dq", thr_run, &c, c.dq, (size_t)c.nq * 4);
+    kt_same_bits("attention dk", thr_run, &c, c.dk, (size_t)c.nk * 4);
+    kt_same_bits("attention dv", thr_run, &c, c.dv, (size_t)c.nk * 4);
     kt_free(c.q), kt_free(c.k), kt_free(c.v), kt_free(c.o), kt_free(c.p), kt_free(c.dout);
     kt_free(c.dq), kt_free(c.dk), kt_free(c.dv);
 }

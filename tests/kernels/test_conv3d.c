@@ -231,10 +231,10 @@ static void t_threads(void)
     KT_COVER(conv3d_bwd);
     for (int s = 1; s <= 2; s++) {
         tctx c = tctx_new((lm_conv3d_args){16, 16, 24, 20, 24, s}, 1);
-        kt_same_bits_1v2("conv3d y", thr_run, &c, c.y, (size_t)c.nout * 4);
-        kt_same_bits_1v2("conv3d dx", thr_run, &c, c.dx, (size_t)c.nin * 4);
-        kt_same_bits_1v2("conv3d dw", thr_run, &c, c.dw, (size_t)c.nw * 4);
-        kt_same_bits_1v2("conv3d db", thr_run, &c, c.db, (size_t)c.a.Cout * 4);
+        kt_same_bits("conv3d y", thr_run, &c, c.y, (size_t)c.nout * 4);
+        kt_same_bits("conv3d dx", thr_run, &c, c.dx, (size_t)c.nin * 4);
+        kt_same_bits("conv3d dw", thr_run, &c, c.dw, (size_t)c.nw * 4);
+        kt_same_bits("conv3d db", thr_run, &c, c.db, (size_t)c.a.Cout * 4);
         tctx_free(&c);
     }
 }
@@ -256,7 +256,7 @@ static void t_threads_fwd(void)
         {32, 16, 12, 10, 12, 2}}; /* 16 channels: the threads split the planes */
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         tctx c = tctx_new(shapes[i], 0);
-        kt_same_bits_1v2("conv3d y", fwd_run, &c, c.y, (size_t)c.nout * 4);
+        kt_same_bits("conv3d y", fwd_run, &c, c.y, (size_t)c.nout * 4);
         tctx_free(&c);
     }
 }

@@ -137,7 +137,7 @@ static void t_threads(void)
 {
     KT_COVER(sum);
     rctx c = {kt_rand(1000003, -1, 1, 1), kt_alloc(3), 1000003};
-    kt_same_bits_1v2("reductions", r_run, &c, c.out, 12);
+    kt_same_bits("reductions", r_run, &c, c.out, 12);
     kt_free(c.x), kt_free(c.out);
 }
 

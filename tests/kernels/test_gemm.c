@@ -245,10 +245,10 @@ static void t_threads(void)
               kt_rand(N, -1, 1, 3), kt_alloc(M * K), kt_alloc(N * K), kt_alloc(N),
               kt_rand(M * N, -1, 1, 4), {M, N, K, LM_F32, 0}};
     /* one buffer holding every output so one comparison covers all */
-    kt_same_bits_1v2("gemm y", thr_run, &c, c.y, (size_t)(M * N) * 4);
-    kt_same_bits_1v2("gemm dx", thr_run, &c, c.dx, (size_t)(M * K) * 4);
-    kt_same_bits_1v2("gemm dw", thr_run, &c, c.dw, (size_t)(N * K) * 4);
-    kt_same_bits_1v2("gemm db", thr_run, &c, c.db, (size_t)N * 4);
+    kt_same_bits("gemm y", thr_run, &c, c.y, (size_t)(M * N) * 4);
+    kt_same_bits("gemm dx", thr_run, &c, c.dx, (size_t)(M * K) * 4);
+    kt_same_bits("gemm dw", thr_run, &c, c.dw, (size_t)(N * K) * 4);
+    kt_same_bits("gemm db", thr_run, &c, c.db, (size_t)N * 4);
     kt_free(c.y), kt_free(c.x), kt_free(c.w), kt_free(c.b), kt_free(c.dx), kt_free(c.dw);
     kt_free(c.db), kt_free(c.dy);
 }
@@ -280,7 +280,7 @@ static void t_threads_fwd(void)
             fctx c = {kt_alloc(M * N), kt_rand(M * K, -1, 1, 1), kt_rand(N, -1, 1, 3),
                       bf ? (const void *)wb : (const void *)wf,
                       {M, N, K, bf ? LM_BF16 : LM_F32, 0}};
-            kt_same_bits_1v2(bf ? "gemm_fwd y (BF16 W)" : "gemm_fwd y", fwd_run, &c, c.y,
+            kt_same_bits(bf ? "gemm_fwd y (BF16 W)" : "gemm_fwd y", fwd_run, &c, c.y,
                              (size_t)(M * N) * 4);
             kt_free(c.y), kt_free(c.x), kt_free(c.b), kt_free(wf), kt_free(wb);
         }

@@ -197,9 +197,9 @@ static void t_threads(void)
     lm_rng_init(&r, lm_test_seed(), 5);
     for (int64_t i = 0; i < N; i++)
         c.lab[i] = (int32_t)lm_rng_below(&r, 5);
-    kt_same_bits_1v2("loss values", thr_run, &c, c.out, 7 * 4);
-    kt_same_bits_1v2("loss gradient", thr_run, &c, c.dp, (size_t)(5 * N) * 4);
-    kt_same_bits_1v2("adam", thr_run, &c, c.m, (size_t)(5 * N) * 4);
+    kt_same_bits("loss values", thr_run, &c, c.out, 7 * 4);
+    kt_same_bits("loss gradient", thr_run, &c, c.dp, (size_t)(5 * N) * 4);
+    kt_same_bits("adam", thr_run, &c, c.m, (size_t)(5 * N) * 4);
     kt_free(c.p), kt_free(c.t), kt_free(c.dp), kt_free(c.out), kt_free(c.m), kt_free(c.v);
     kt_free(c.lab);
 }

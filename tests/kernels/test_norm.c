@@ -176,8 +176,8 @@ static void t_threads(void)
     const int64_t C = 96, N = 180 * 8;
     tctx c = {kt_rand(C * N, -2, 2, 1), kt_alloc(C * N), kt_rand(C * N, -1, 1, 2),
               kt_alloc(C * N), kt_alloc(N), kt_alloc(N), kt_rand(N, 0.5, 1.5, 3), C, N};
-    kt_same_bits_1v2("norm y", thr_run, &c, c.y, (size_t)(C * N) * 4);
-    kt_same_bits_1v2("norm dx", thr_run, &c, c.dx, (size_t)(C * N) * 4);
+    kt_same_bits("norm y", thr_run, &c, c.y, (size_t)(C * N) * 4);
+    kt_same_bits("norm dx", thr_run, &c, c.dx, (size_t)(C * N) * 4);
     kt_free(c.x), kt_free(c.y), kt_free(c.dy), kt_free(c.dx), kt_free(c.m), kt_free(c.s);
     kt_free(c.g);
 }

@@ -150,10 +150,10 @@ static void t_threads(void)
     lm_vol_args a = {16, 12, 10, 12}; /* F'4 -> 1/4 grid, abdomen */
     int64_t n = (int64_t)a.C * a.D * a.H * a.W;
     tctx c = {kt_rand(n, -1, 1, 1), kt_alloc(8 * n), kt_alloc(n), kt_alloc(n), kt_alloc(8 * n), a, n};
-    kt_same_bits_1v2("upsample y", thr_run, &c, c.y, (size_t)(8 * n) * 4);
-    kt_same_bits_1v2("upsample dx", thr_run, &c, c.dx, (size_t)n * 4);
-    kt_same_bits_1v2("avgpool", thr_run, &c, c.p, (size_t)n * 4);
-    kt_same_bits_1v2("avgpool dx", thr_run, &c, c.dp, (size_t)(8 * n) * 4);
+    kt_same_bits("upsample y", thr_run, &c, c.y, (size_t)(8 * n) * 4);
+    kt_same_bits("upsample dx", thr_run, &c, c.dx, (size_t)n * 4);
+    kt_same_bits("avgpool", thr_run, &c, c.p, (size_t)n * 4);
+    kt_same_bits("avgpool dx", thr_run, &c, c.dp, (size_t)(8 * n) * 4);
     kt_free(c.x), kt_free(c.y), kt_free(c.dx), kt_free(c.p), kt_free(c.dp);
 }
 

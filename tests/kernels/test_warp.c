@@ -267,10 +267,10 @@ static void t_threads(void)
     tctx c = {kt_rand(3 * N, -1, 1, 1), kt_rand(3 * N, -3, 3, 2), kt_alloc(3 * N),
               kt_rand(3 * N, -1, 1, 3), kt_alloc(3 * N), kt_alloc(3 * N), kt_alloc(3 * N),
               {3, D, H, W, LM_PAD_ZEROS}, N};
-    kt_same_bits_1v2("warp y", thr_run, &c, c.y, (size_t)(3 * N) * 4);
-    kt_same_bits_1v2("warp dsrc", thr_run, &c, c.ds, (size_t)(3 * N) * 4);
-    kt_same_bits_1v2("warp dflow", thr_run, &c, c.df, (size_t)(3 * N) * 4);
-    kt_same_bits_1v2("compose", thr_run, &c, c.psi, (size_t)(3 * N) * 4);
+    kt_same_bits("warp y", thr_run, &c, c.y, (size_t)(3 * N) * 4);
+    kt_same_bits("warp dsrc", thr_run, &c, c.ds, (size_t)(3 * N) * 4);
+    kt_same_bits("warp dflow", thr_run, &c, c.df, (size_t)(3 * N) * 4);
+    kt_same_bits("compose", thr_run, &c, c.psi, (size_t)(3 * N) * 4);
     kt_free(c.src), kt_free(c.flow), kt_free(c.y), kt_free(c.g), kt_free(c.ds), kt_free(c.df);
     kt_free(c.psi);
 }
