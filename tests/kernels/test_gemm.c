@@ -286,6 +286,43 @@ static void t_threads_fwd(void)
         }
 }
 
+typedef struct {
+    float *c, *c0, *a_, *b;
+    lm_gemm_batched_args a;
+    int64_t nc;
+} btctx;
+
+static void batched_run(void *p)
+{
+    btctx *c = p;
+    memcpy(c->c, c->c0, (size_t)c->nc * 4); /* beta != 0: the same C every run */
+    KT_CALL(gemm_batched, c->c, c->a_, c->b, &c->a);
+}
+
+/* gemm_batched: each item is one lm_cpu_sgemm, which cuts C into fixed tiles (256 x 512, from
+ * 2^22 multiply-adds: kernels/cpu/backend.c) that the threads share; 300 x 520 gives four, in
+ * each of op(A), op(B) = A or Aᵀ, B or Bᵀ, with alpha and beta */
+static void t_threads_batched(void)
+{
+    KT_COVER(gemm_batched);
+    const int64_t batch = 2, M = 300, N = 520, K = 41;
+    if (M * N * K <= (1 << 22) || (M <= 256 && N <= 512))
+        lm_test_fail(__FILE__, __LINE__, "gemm_batched %lldx%lldx%lld: one tile, serial",
+                     (long long)M, (long long)N, (long long)K);
+    for (int t = 0; t < 3; t++) {
+        const int ta = t == 1, tb = t == 2;
+        const int64_t lda = ta ? M : K, ldb = tb ? K : N;
+        btctx c = {kt_alloc(batch * M * N), kt_rand(batch * M * N, -1, 1, 5),
+                  kt_rand(batch * M * K, -1, 1, 6), kt_rand(batch * K * N, -1, 1, 7),
+                  {batch, M, N, K, ta, tb, 0.7f, 0.5f, lda, ldb, N, M * K, K * N, M * N},
+                  batch * M * N};
+        char what[64];
+        snprintf(what, sizeof what, "gemm_batched C (trans_a %d, trans_b %d)", ta, tb);
+        kt_same_bits(what, batched_run, &c, c.c, (size_t)c.nc * 4);
+        kt_free(c.c), kt_free(c.c0), kt_free(c.a_), kt_free(c.b);
+    }
+}
+
 static const lm_test_case cases[] = {
     {"gemm_fwd odd sizes", t_fwd_odd},
     {"gemm_fwd edge sizes", t_fwd_edges},
@@ -296,8 +333,9 @@ static const lm_test_case cases[] = {
     {"gemm_bwd bf16 dx", t_bwd_bf16_dx},
     {"gemm_batched values", t_batched_values},
     {"gemm_batched adjoint fd", t_batched_adjoint_fd},
-    {"gemm threads 1 vs 2", t_threads},
-    {"gemm_fwd threads 1 vs 2", t_threads_fwd},
+    {"gemm threads 1, 2, 3", t_threads},
+    {"gemm_fwd threads 1, 2, 3", t_threads_fwd},
+    {"gemm_batched threads 1, 2, 3", t_threads_batched},
     {0},
 };
 

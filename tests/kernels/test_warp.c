@@ -259,20 +259,91 @@ static void thr_run(void *p)
     KT_CALL(compose_bwd, c->df, c->ds, c->g, c->flow, c->src, &v);
 }
 
+/* warp_fwd, warp_bwd and compose on 3 channels, with zeros and with border padding: the
+ * forward and the flow gradient are parallel over rows of voxels (from 4096 voxels), the
+ * source gradient over channels (from LM_CPU_PAR_MIN elements), compose's sum over elements */
 static void t_threads(void)
 {
     KT_COVER(warp_fwd);
+    KT_COVER(warp_bwd);
     const int D = 24, H = 20, W = 24;
     const int64_t N = (int64_t)D * H * W;
-    tctx c = {kt_rand(3 * N, -1, 1, 1), kt_rand(3 * N, -3, 3, 2), kt_alloc(3 * N),
-              kt_rand(3 * N, -1, 1, 3), kt_alloc(3 * N), kt_alloc(3 * N), kt_alloc(3 * N),
-              {3, D, H, W, LM_PAD_ZEROS}, N};
-    kt_same_bits("warp y", thr_run, &c, c.y, (size_t)(3 * N) * 4);
-    kt_same_bits("warp dsrc", thr_run, &c, c.ds, (size_t)(3 * N) * 4);
-    kt_same_bits("warp dflow", thr_run, &c, c.df, (size_t)(3 * N) * 4);
-    kt_same_bits("compose", thr_run, &c, c.psi, (size_t)(3 * N) * 4);
-    kt_free(c.src), kt_free(c.flow), kt_free(c.y), kt_free(c.g), kt_free(c.ds), kt_free(c.df);
-    kt_free(c.psi);
+    KT_PARALLEL(3 * N);
+    for (int pad = 0; pad < 2; pad++) {
+        tctx c = {kt_rand(3 * N, -1, 1, 1), kt_rand(3 * N, -3, 3, 2), kt_alloc(3 * N),
+                  kt_rand(3 * N, -1, 1, 3), kt_alloc(3 * N), kt_alloc(3 * N), kt_alloc(3 * N),
+                  {3, D, H, W, pad ? LM_PAD_BORDER : LM_PAD_ZEROS}, N};
+        const char *pn = pad ? "border" : "zeros";
+        char what[64];
+        snprintf(what, sizeof what, "warp y (%s)", pn);
+        kt_same_bits(what, thr_run, &c, c.y, (size_t)(3 * N) * 4);
+        snprintf(what, sizeof what, "warp dsrc (%s)", pn);
+        kt_same_bits(what, thr_run, &c, c.ds, (size_t)(3 * N) * 4);
+        snprintf(what, sizeof what, "warp dflow (%s)", pn);
+        kt_same_bits(what, thr_run, &c, c.df, (size_t)(3 * N) * 4);
+        kt_same_bits("compose", thr_run, &c, c.psi, (size_t)(3 * N) * 4);
+        kt_free(c.src), kt_free(c.flow), kt_free(c.y), kt_free(c.g), kt_free(c.ds);
+        kt_free(c.df), kt_free(c.psi);
+    }
+}
+
+/* one channel (the rows of eight voxels of the vector path, and their scalar tails) and the
+ * nearest warp of F32 images and I32 label maps, in both array orders */
+typedef struct {
+    float *src, *flow, *y, *g, *ds, *df, *ynear;
+    int32_t *lab, *ylab;
+    lm_warp_args a;
+} t1ctx;
+
+static void thr1_run(void *p)
+{
+    t1ctx *c = p;
+    const int64_t N = (int64_t)c->a.D * c->a.H * c->a.W;
+    lm_warp_args zeros = c->a;
+    zeros.padding = LM_PAD_ZEROS | (c->a.padding & LM_WARP_NIFTI_ORDER);
+    if (!(c->a.padding & LM_WARP_NIFTI_ORDER)) { /* the backward takes [C,D,H,W] only */
+        memset(c->ds, 0, (size_t)N * 4);
+        memset(c->df, 0, (size_t)(3 * N) * 4);
+        KT_CALL(warp_fwd, c->y, c->src, c->flow, &c->a);
+        KT_CALL(warp_bwd, c->ds, c->df, c->g, c->src, c->flow, &c->a);
+    } else {
+        KT_CALL(warp_fwd, c->y, c->src, c->flow, &zeros);
+    }
+    KT_CALL(warp_nearest, c->ylab, c->lab, c->flow, LM_I32, &zeros);
+    KT_CALL(warp_nearest, c->ynear, c->src, c->flow, LM_F32, &zeros);
+}
+
+static void t_threads_one_channel(void)
+{
+    KT_COVER(warp_nearest);
+    const int D = 23, H = 19, W = 29; /* rows of 29: three groups of 8 and an overlapping one */
+    const int64_t N = (int64_t)D * H * W;
+    for (int mode = 0; mode < 3; mode++) { /* zeros, border, zeros in the NIfTI order */
+        t1ctx c = {kt_rand(N, -1, 1, 1), kt_rand(3 * N, -3, 3, 2), kt_alloc(N),
+                   kt_rand(N, -1, 1, 3), kt_alloc(N), kt_alloc(3 * N), kt_alloc(N),
+                   (int32_t *)kt_alloc(N), (int32_t *)kt_alloc(N),
+                   {1, D, H, W, mode == 1 ? LM_PAD_BORDER
+                                : mode == 2 ? LM_PAD_ZEROS | LM_WARP_NIFTI_ORDER
+                                            : LM_PAD_ZEROS}};
+        for (int64_t i = 0; i < N; i++)
+            c.lab[i] = (int32_t)(i * 7 % 5);
+        static const char *const mn[3] = {"zeros", "border", "zeros, NIfTI order"};
+        char what[64];
+        snprintf(what, sizeof what, "warp y, 1 channel (%s)", mn[mode]);
+        kt_same_bits(what, thr1_run, &c, c.y, (size_t)N * 4);
+        if (mode < 2) {
+            snprintf(what, sizeof what, "warp dsrc, 1 channel (%s)", mn[mode]);
+            kt_same_bits(what, thr1_run, &c, c.ds, (size_t)N * 4);
+            snprintf(what, sizeof what, "warp dflow, 1 channel (%s)", mn[mode]);
+            kt_same_bits(what, thr1_run, &c, c.df, (size_t)(3 * N) * 4);
+        }
+        snprintf(what, sizeof what, "nearest I32 (%s)", mn[mode]);
+        kt_same_bits(what, thr1_run, &c, c.ylab, (size_t)N * 4);
+        snprintf(what, sizeof what, "nearest F32 (%s)", mn[mode]);
+        kt_same_bits(what, thr1_run, &c, c.ynear, (size_t)N * 4);
+        kt_free(c.src), kt_free(c.flow), kt_free(c.y), kt_free(c.g), kt_free(c.ds);
+        kt_free(c.df), kt_free(c.ynear), kt_free(c.lab), kt_free(c.ylab);
+    }
 }
 
 /* [C,D,H,W] -> NIfTI order [C,W,H,D], and back */
@@ -413,7 +484,8 @@ static const lm_test_case cases[] = {
     {"warp_bwd fd zeros and border", t_warp_fd},
     {"compose identities (MODEL §17.3)", t_compose_identities},
     {"compose_bwd fd", t_compose_fd},
-    {"warp threads 1 vs 2", t_threads},
+    {"warp threads 1, 2, 3: 3 channels, zeros and border", t_threads},
+    {"warp threads 1, 2, 3: 1 channel, nearest, NIfTI order", t_threads_one_channel},
     {"warp vector and scalar paths, both array orders: same bits", t_paths_and_orders},
     {0},
 };
