@@ -139,7 +139,9 @@ typedef int lm_op_conv3d_fwd_fn(lm_backend *be, float *y, const float *x, const 
 typedef int lm_op_conv3d_bwd_fn(lm_backend *be, float *dx, float *dw, float *db, const float *dy,
                                 const float *x, const float *w, const lm_conv3d_args *a);
 
-/* act.c — n elements; forward outputs may alias x (in place); dx += dy·f'(x). */
+/* act.c — n elements; forward outputs are overwritten (=) and may alias x (in place); backwards
+ * accumulate, dx += dy·f'(x). */
+/* y = max(x, 0); f'(0) = 0 */
 typedef int lm_op_relu_fwd_fn(lm_backend *be, float *y, const float *x, int64_t n);
 typedef int lm_op_relu_bwd_fn(lm_backend *be, float *dx, const float *dy, const float *x,
                               int64_t n);
@@ -291,7 +293,8 @@ typedef int lm_op_grad_l2_bwd_fn(lm_backend *be, float *dflow, const float *flow
 typedef int lm_op_adam_step_fn(lm_backend *be, float *p, float *m, float *v, const float *g,
                                int64_t n, const lm_adam_args *a);
 
-/* elementwise.c — n elements; outputs may alias inputs. */
+/* elementwise.c — n elements; outputs may alias inputs; = unless marked +=. */
+/* y = a + b */
 typedef int lm_op_add_fn(lm_backend *be, float *y, const float *a_, const float *b, int64_t n);
 /* y = a ⊙ b */
 typedef int lm_op_mul_fn(lm_backend *be, float *y, const float *a_, const float *b, int64_t n);
@@ -299,7 +302,9 @@ typedef int lm_op_mul_fn(lm_backend *be, float *y, const float *a_, const float 
 typedef int lm_op_scale_fn(lm_backend *be, float *y, const float *x, float alpha, int64_t n);
 /* y += alpha·x */
 typedef int lm_op_axpy_fn(lm_backend *be, float *y, const float *x, float alpha, int64_t n);
+/* y = value */
 typedef int lm_op_fill_fn(lm_backend *be, float *y, float value, int64_t n);
+/* y = x */
 typedef int lm_op_copy_fn(lm_backend *be, float *y, const float *x, int64_t n);
 /* y (ydt) = x (xdt) converted; dtypes F32, BF16, F16, I32, U8; floats to integers round half
  * to even and saturate, NaN -> 0. y may not alias x. */
@@ -307,6 +312,7 @@ typedef int lm_op_cast_fn(lm_backend *be, void *y, lm_dtype ydt, const void *x, 
                           int64_t n);
 /* out[0] = Σ x, in double with a fixed order (= ; out is a buffer of 1 float). */
 typedef int lm_op_sum_fn(lm_backend *be, float *out, const float *x, int64_t n);
+/* out[0] = Σ x / n, the sum as above, in double (= ; n > 0, else an error) */
 typedef int lm_op_mean_fn(lm_backend *be, float *out, const float *x, int64_t n);
 /* out[0] = max |x| (NaN if any x is NaN; 0 for n = 0). */
 typedef int lm_op_max_abs_fn(lm_backend *be, float *out, const float *x, int64_t n);

@@ -1,6 +1,7 @@
 /* test_coverage.c — the kernel tests' own guards:
- *   - every op of ops.def is marked KT_COVER(op) in some tests/kernels/test_*.c, and its slot
- *     in the CPU table is filled;
+ *   - every op of ops.def is marked KT_COVER(op) in the code (not a comment) of some
+ *     tests/kernels/test_*.c, and its slot in the CPU table is filled;
+ *   - every op of ops.def, and nothing else, is listed in man/lm-kernels.7;
  *   - the finite-difference checker rejects realistic wrong gradients (expected failures):
  *     a leaky_relu backward with the wrong slope, a flow gradient with the D and W channels
  *     swapped, a conv3d dx computed with the kernel flipped (convolution instead of
@@ -23,6 +24,25 @@ static char *slurp(const char *path)
     s[got] = 0;
     fclose(f);
     return s;
+}
+
+/* blanks out the C comments of s in place (string literals are not looked into: the tests'
+ * strings hold no comment markers), so that a KT_COVER mark in a comment does not count */
+static void strip_comments(char *s)
+{
+    for (char *p = s; *p; p++) {
+        if (p[0] == '/' && p[1] == '*') {
+            char *e = strstr(p + 2, "*/");
+            char *stop = e ? e + 2 : p + strlen(p);
+            memset(p, ' ', (size_t)(stop - p));
+            p = stop - 1;
+        } else if (p[0] == '/' && p[1] == '/') {
+            while (*p && *p != '\n')
+                *p++ = ' ';
+            if (!*p)
+                break;
+        }
+    }
 }
 
 static void t_every_op_has_a_test(void)
@@ -48,6 +68,7 @@ static void t_every_op_has_a_test(void)
         char *s = slurp(path);
         if (!s)
             continue;
+        strip_comments(s);
         size_t sl = strlen(s);
         if (len + sl + 1 > cap) {
             cap = (len + sl + 1) * 2;
@@ -73,6 +94,61 @@ static void t_every_op_has_a_test(void)
     if (getenv("KT_VERBOSE"))
         fprintf(stderr, "  %d ops, %d without a test\n", (int)LM_OP_COUNT, missing);
     free(all);
+}
+
+/* Every op of ops.def has an entry in man/lm-kernels.7's list of operations (the words of its
+ * ".It Sy" lines between ".Ss Operations" and the next ".Ss"), and every word there is an op:
+ * the page cannot miss a new op or keep one that was removed. */
+static int op_index(const char *w, size_t n)
+{
+    for (int i = 0; i < LM_OP_COUNT; i++)
+        if (strlen(lm_op_table[i].name) == n && strncmp(lm_op_table[i].name, w, n) == 0)
+            return i;
+    return -1;
+}
+
+static void t_every_op_documented(void)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/man/lm-kernels.7", lm_test_srcdir());
+    char *page = slurp(path);
+    if (!page) {
+        lm_test_fail(__FILE__, __LINE__, "cannot read %s", path);
+        return;
+    }
+    char *sec = strstr(page, "\n.Ss Operations\n");
+    LM_CHECK(sec != NULL, "%s: no .Ss Operations section", path);
+    if (!sec) {
+        free(page);
+        return;
+    }
+    char *end = strstr(sec + 1, "\n.Ss ");
+    if (end)
+        *end = 0;
+    int *seen = calloc(LM_OP_COUNT, sizeof *seen);
+    for (char *l = strstr(sec, "\n.It Sy "); l; l = strstr(l + 1, "\n.It Sy ")) {
+        const char *q = l + 8;
+        while (*q && *q != '\n') {
+            while (*q == ' ' || *q == ',')
+                q++;
+            size_t n = strcspn(q, " ,\n");
+            if (n == 0)
+                break;
+            const int k = op_index(q, n);
+            if (k >= 0)
+                seen[k] = 1;
+            else
+                lm_test_fail(__FILE__, __LINE__,
+                             "man/lm-kernels.7 lists \"%.*s\", which is no op of ops.def", (int)n,
+                             q);
+            q += n;
+        }
+    }
+    for (int i = 0; i < LM_OP_COUNT; i++)
+        LM_CHECK(seen[i], "op %s (%s.c) is missing from man/lm-kernels.7", lm_op_table[i].name,
+                 lm_op_table[i].family);
+    free(seen);
+    free(page);
 }
 
 static void t_cpu_table_complete(void)
@@ -227,6 +303,7 @@ static void t_rejects_missing_mean_term(void)
 
 static const lm_test_case cases[] = {
     {"every op in ops.def has a test", t_every_op_has_a_test},
+    {"every op in ops.def is in man/lm-kernels.7", t_every_op_documented},
     {"cpu table complete and buffers", t_cpu_table_complete},
     {"checker rejects wrong leaky slope (expected failure)", t_rejects_wrong_slope},
     {"checker rejects swapped flow channels (expected failure)", t_rejects_swapped_flow_channels},
