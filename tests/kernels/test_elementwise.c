@@ -1,6 +1,7 @@
 /* test_elementwise.c — add, mul, scale, axpy, fill, copy, cast, sum, mean, max_abs: exact
  * values, dtype round trips (bf16 round-to-nearest-even, f16, integer saturation), the fixed
- * reduction order (bits equal for 1 and 2 threads) and the mul gradient by finite differences. */
+ * reduction order (bits equal for 1 and 2 threads), the mul gradient by finite differences, the
+ * adjoint identities of the LINEAR ops and bits equal for 1, 2 and 3 threads past the threshold. */
 #include "kt.h"
 
 #include <errno.h>
@@ -186,11 +187,220 @@ static void t_alloc_zero(void)
         }
 }
 
+/* ---- adjoint identities (ops.def: LINEAR) ---------------------------------------------------
+ * <A x, r> = <x, Aᵀ r> in double, to 1e-5 of scale (a bound of both sides, |x|·|r|·|A| or so).
+ * Each check proves its own power: wrong, the same product through a realistic wrong adjoint,
+ * must be rejected by the same comparison. Inputs are positive (or r = A x + noise) so that the
+ * wrong product misses by a good part of the scale for any seed. */
+static void adj_check(const char *what, double lhs, double rhs, double wrong, double scale)
+{
+    const double tol = 1e-5;
+    double err = fabs(lhs - rhs) / scale, werr = fabs(lhs - wrong) / scale;
+    if (!(err <= tol))
+        lm_test_fail(__FILE__, __LINE__,
+                     "%s: <Ax, r> = %.9g, <x, A'r> = %.9g: err %.3g of scale %.3g, tol %.3g", what,
+                     lhs, rhs, err, scale, tol);
+    if (!(werr > tol))
+        lm_test_fail(__FILE__, __LINE__, "%s: a wrong adjoint was accepted (err %.3g, tol %.3g)",
+                     what, werr, tol);
+    if (getenv("KT_VERBOSE"))
+        fprintf(stderr, "  %s: adjoint err %.3g, wrong adjoint %.3g (tol %.3g)\n", what, err, werr,
+                tol);
+}
+
+static double nrm(const float *x, int64_t n)
+{
+    return sqrt(kt_dot(x, x, n));
+}
+
+static void t_add_adjoint(void)
+{
+    KT_COVER(add);
+    /* y = a + b; the adjoint maps r to (r, r): <a + b, r> = <a, r> + <b, r>. Wrong: (r, 0), the
+     * gradient of b forgotten. */
+    const int64_t n = 101;
+    float *a = kt_rand(n, 0.5, 1.5, 1), *b = kt_rand(n, 0.5, 1.5, 2), *r = kt_rand(n, 0.5, 1.5, 3);
+    float *y = kt_alloc(n);
+    KT_CALL(add, y, a, b, n);
+    adj_check("add", kt_dot(y, r, n), kt_dot(a, r, n) + kt_dot(b, r, n), kt_dot(a, r, n),
+              (nrm(a, n) + nrm(b, n)) * nrm(r, n));
+    kt_free(a), kt_free(b), kt_free(r), kt_free(y);
+}
+
+static void t_scale_axpy_adjoint(void)
+{
+    KT_COVER(scale);
+    KT_COVER(axpy);
+    /* scale is self-adjoint: <alpha x, r> = <x, alpha r>, alpha r taken in double (scale on
+     * both sides would pass with any alpha); wrong: alpha left out, <x, r>. axpy, y0 + alpha x
+     * as a map of (y0, x), has the adjoint r -> (r, alpha r); wrong: the y0 term left out,
+     * scale's adjoint. And axpy is y0 plus scale's result, bit for bit (the same test rejects
+     * an axpy that overwrites). */
+    const int64_t n = 101;
+    const float alpha = -1.75f;
+    float *x = kt_rand(n, 0.5, 1.5, 1), *r = kt_rand(n, 0.5, 1.5, 2), *y0 = kt_rand(n, 0.5, 1.5, 3);
+    float *ax = kt_alloc(n), *y = kt_copy(y0, n);
+    KT_CALL(scale, ax, x, alpha, n);
+    const double xar = alpha * kt_dot(x, r, n), sx = -alpha * nrm(x, n) * nrm(r, n);
+    adj_check("scale", kt_dot(ax, r, n), xar, kt_dot(x, r, n), sx);
+    KT_CALL(axpy, y, x, alpha, n);
+    adj_check("axpy", kt_dot(y, r, n), kt_dot(y0, r, n) + xar, xar, nrm(y0, n) * nrm(r, n) + sx);
+    int64_t bad = 0, bad_overwrite = 0;
+    for (int64_t i = 0; i < n; i++) {
+        bad += y[i] != y0[i] + ax[i];
+        bad_overwrite += ax[i] != y0[i] + ax[i];
+    }
+    LM_CHECK(bad == 0, "axpy: %lld elements are not y0 + scale", (long long)bad);
+    LM_CHECK(bad_overwrite > 0, "axpy: the check accepted an overwrite");
+    kt_free(x), kt_free(r), kt_free(y0), kt_free(ax), kt_free(y);
+}
+
+static void t_copy_adjoint(void)
+{
+    KT_COVER(copy);
+    /* copy is the identity, so its own adjoint: <copy(x), r> = <x, r> (copy on both sides would
+     * pass a copy that scales). Wrong: a copy off by one element (of r + 1, the last element
+     * 0); r = x + noise. */
+    const int64_t n = 101;
+    float *x = kt_rand(n, -1, 1, 1), *r = kt_rand(n, -1, 1, 2);
+    float *cx = kt_alloc(n), *wr = kt_alloc(n);
+    for (int64_t i = 0; i < n; i++)
+        r[i] += x[i];
+    KT_CALL(copy, cx, x, n);
+    KT_CALL(copy, wr, r + 1, n - 1);
+    adj_check("copy", kt_dot(cx, r, n), kt_dot(x, r, n), kt_dot(x, wr, n), nrm(x, n) * nrm(r, n));
+    kt_free(x), kt_free(r), kt_free(cx), kt_free(wr);
+}
+
+static void t_sum_mean_adjoint(void)
+{
+    KT_COVER(sum);
+    KT_COVER(mean);
+    KT_COVER(fill);
+    /* sum: x -> Σ x has the adjoint s -> s·1 (fill): <sum(x), s> = <x, s·1>; mean = sum/n fills
+     * s/n. Wrong: each with the other's fill (1/n missing, or one too many). */
+    const int64_t n = 1001;
+    const float s = -0.8125f;
+    float *x = kt_rand(n, 0.25, 1.25, 1), *out = kt_alloc(2), *f1 = kt_alloc(n), *fn = kt_alloc(n);
+    KT_CALL(sum, out, x, n);
+    KT_CALL(mean, out + 1, x, n);
+    KT_CALL(fill, f1, s, n);
+    KT_CALL(fill, fn, (float)(s / (double)n), n);
+    adj_check("sum", (double)out[0] * s, kt_dot(x, f1, n), kt_dot(x, fn, n),
+              nrm(x, n) * nrm(f1, n));
+    adj_check("mean", (double)out[1] * s, kt_dot(x, fn, n), kt_dot(x, f1, n),
+              nrm(x, n) * nrm(fn, n));
+    kt_free(x), kt_free(out), kt_free(f1), kt_free(fn);
+}
+
+/* ---- thread bit-identity at sizes past LM_CPU_PAR_MIN ------------------------------------- */
+enum { E_ADD, E_MUL, E_SCALE, E_AXPY, E_FILL, E_COPY, E_OPS };
+
+typedef struct {
+    float *a, *b, *y0, *y;
+    int64_t n;
+    int op;
+} ectx;
+
+static void e_run(void *p)
+{
+    ectx *c = p;
+    const int64_t n = c->n;
+    /* y starts as NaN (y0 for axpy): an element left unwritten shows */
+    if (c->op == E_AXPY)
+        memcpy(c->y, c->y0, (size_t)n * sizeof *c->y);
+    else
+        memset(c->y, 0xff, (size_t)n * sizeof *c->y);
+    switch (c->op) {
+    case E_ADD: KT_CALL(add, c->y, c->a, c->b, n); break;
+    case E_MUL: KT_CALL(mul, c->y, c->a, c->b, n); break;
+    case E_SCALE: KT_CALL(scale, c->y, c->a, -1.3f, n); break;
+    case E_AXPY: KT_CALL(axpy, c->y, c->a, 0.7f, n); break;
+    case E_FILL: KT_CALL(fill, c->y, 0.1f, n); break;
+    default: KT_CALL(copy, c->y, c->b, n); break;
+    }
+}
+
+static void t_elementwise_threads(void)
+{
+    KT_COVER(add);
+    KT_COVER(mul);
+    KT_COVER(scale);
+    KT_COVER(axpy);
+    KT_COVER(fill);
+    KT_COVER(copy);
+    /* n odd, just past the threshold; copy is one memmove (no threads of its own today) */
+    const char *names[E_OPS] = {"add", "mul", "scale", "axpy", "fill", "copy"};
+    const int64_t n = 32771;
+    ectx c = {kt_rand(n, -1, 1, 1), kt_rand(n, -1, 1, 2), kt_rand(n, -1, 1, 3), kt_alloc(n), n, 0};
+    KT_PARALLEL(c.n);
+    for (c.op = 0; c.op < E_OPS; c.op++) {
+        kt_same_bits(names[c.op], e_run, &c, c.y, (size_t)n * sizeof *c.y);
+        int64_t nan = 0;
+        for (int64_t i = 0; i < n; i++)
+            nan += isnan(c.y[i]);
+        LM_CHECK(nan == 0, "%s: %lld elements not written", names[c.op], (long long)nan);
+    }
+    kt_free(c.a), kt_free(c.b), kt_free(c.y0), kt_free(c.y);
+}
+
+typedef struct {
+    const void *x;
+    void *y;
+    lm_dtype xdt, ydt;
+    int64_t n;
+} cctx;
+
+static size_t dt_size(lm_dtype t)
+{
+    return t == LM_U8 ? 1 : t == LM_BF16 || t == LM_F16 ? 2 : 4;
+}
+
+static void c_run(void *p)
+{
+    cctx *c = p;
+    memset(c->y, 0xa5, (size_t)c->n * dt_size(c->ydt));
+    KT_CALL(cast, c->y, c->ydt, c->x, c->xdt, c->n);
+}
+
+static void t_cast_threads(void)
+{
+    KT_COVER(cast);
+    /* F32 -> BF16, F16, I32, U8 and each back to F32; values in ±300 (u8 saturates both ways),
+     * with a NaN, ties and a value past every integer range */
+    const int64_t n = 32771;
+    const lm_dtype to[4] = {LM_BF16, LM_F16, LM_I32, LM_U8};
+    const char *names[4] = {"bf16", "f16", "i32", "u8"};
+    float *x = kt_rand(n, -300, 300, 1), *back = kt_alloc(n);
+    void *t = kt_alloc(n); /* 4 bytes an element: room for each dtype */
+    x[0] = NAN, x[1] = 2.5f, x[2] = -3.5f, x[3] = 1e10f, x[n - 1] = 254.5f;
+    KT_PARALLEL(n);
+    for (int k = 0; k < 4; k++) {
+        char what[32];
+        cctx f = {x, t, LM_F32, to[k], n}, b = {t, back, to[k], LM_F32, n};
+        snprintf(what, sizeof what, "cast f32 -> %s", names[k]);
+        kt_same_bits(what, c_run, &f, t, (size_t)n * dt_size(to[k]));
+        snprintf(what, sizeof what, "cast %s -> f32", names[k]);
+        kt_same_bits(what, c_run, &b, back, (size_t)n * sizeof *back);
+        const double v = x[n / 2], r = nearbyint(v); /* round half to even */
+        const double want = k < 2 ? v : k == 2 ? r : r < 0 ? 0 : r > 255 ? 255 : r;
+        LM_CHECK(fabs(back[n / 2] - want) <= fabs(want) / 256, "%s round trip %g -> %g", names[k],
+                 v, back[n / 2]);
+    }
+    kt_free(x), kt_free(back), kt_free(t);
+}
+
 static const lm_test_case cases[] = {
     {"alloc_zero", t_alloc_zero},
     {"arithmetic", t_arith},    {"mul fd", t_mul_fd},
     {"cast", t_cast},           {"reductions", t_reduce},
     {"reductions threads 1 vs 2", t_threads},
+    {"add adjoint", t_add_adjoint},
+    {"scale and axpy adjoints", t_scale_axpy_adjoint},
+    {"copy adjoint", t_copy_adjoint},
+    {"sum and mean adjoints", t_sum_mean_adjoint},
+    {"elementwise threads 1, 2, 3", t_elementwise_threads},
+    {"cast threads 1, 2, 3", t_cast_threads},
     {0},
 };
 
