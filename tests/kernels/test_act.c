@@ -1,6 +1,6 @@
 /* test_act.c — relu, leaky_relu, silu, swiglu, gelu: values against libm formulas (and known
  * PyTorch values), finite-difference derivatives away from kinks, in-place use, accumulation,
- * bit identity for 1 and 2 threads. */
+ * bit identity for 1, 2 and 3 threads of every forward and backward at parallel sizes. */
 #include "kt.h"
 
 enum { RELU, LEAKY, SILU, GELU, SWIGLU_G, SWIGLU_U };
@@ -136,6 +136,7 @@ static void t_threads(void)
 {
     KT_COVER(silu_bwd);
     const int64_t n = 200003;
+    KT_PARALLEL(n); /* act.c: PAR, "if (n >= LM_CPU_PAR_MIN)" */
     tctx c = {kt_rand(n, -4, 4, 1), kt_rand(n, -4, 4, 2), kt_alloc(n), kt_alloc(n), kt_alloc(n),
               kt_rand(n, -1, 1, 3), n};
     kt_same_bits("act y", thr_run, &c, c.y, (size_t)n * 4);
@@ -144,9 +145,44 @@ static void t_threads(void)
     kt_free(c.x), kt_free(c.u), kt_free(c.y), kt_free(c.dx), kt_free(c.du), kt_free(c.dy);
 }
 
+/* the ops that thr_run leaves out, each into its own slice of out [4n] */
+typedef struct {
+    float *x, *dy, *out;
+    int64_t n;
+} t2ctx;
+
+static void thr_run2(void *p)
+{
+    t2ctx *c = p;
+    const int64_t n = c->n;
+    memset(c->out + n, 0, (size_t)n * 4); /* relu_bwd accumulates */
+    KT_CALL(relu_fwd, c->out, c->x, n);
+    KT_CALL(relu_bwd, c->out + n, c->dy, c->x, n);
+    KT_CALL(leaky_relu_fwd, c->out + 2 * n, c->x, 0.01f, n);
+    KT_CALL(silu_fwd, c->out + 3 * n, c->x, n);
+}
+
+static void t_threads_rest(void)
+{
+    KT_COVER(relu_fwd);
+    KT_COVER(relu_bwd);
+    KT_COVER(leaky_relu_fwd);
+    KT_COVER(silu_fwd);
+    const int64_t n = 32771; /* odd: the static split leaves a remainder */
+    KT_PARALLEL(n);
+    t2ctx c = {kt_rand(n, -4, 4, 1), kt_rand(n, -1, 1, 3), kt_alloc(4 * n), n};
+    kt_same_bits("relu, relu_bwd, leaky_relu, silu", thr_run2, &c, c.out, (size_t)(4 * n) * 4);
+    kt_free(c.x), kt_free(c.dy), kt_free(c.out);
+}
+
 static const lm_test_case cases[] = {
-    {"relu", t_relu},     {"leaky_relu", t_leaky}, {"silu", t_silu},
-    {"gelu", t_gelu},     {"swiglu", t_swiglu},    {"act threads 1 vs 2", t_threads},
+    {"relu", t_relu},
+    {"leaky_relu", t_leaky},
+    {"silu", t_silu},
+    {"gelu", t_gelu},
+    {"swiglu", t_swiglu},
+    {"act threads 1, 2, 3", t_threads},
+    {"relu fwd and bwd, leaky_relu and silu fwd threads 1, 2, 3", t_threads_rest},
     {0},
 };
 

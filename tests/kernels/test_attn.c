@@ -1,6 +1,7 @@
 /* test_attn.c — RoPE (HF rotate_half) and GQA attention: values against a direct double
  * reference (causal and not), RoPE identities, finite-difference gradients of q, k, v and of
- * the rotation, bit identity for 1 and 2 threads. */
+ * the rotation, bit identity for 1, 2 and 3 threads (serial and parallel softmax, single and
+ * tiled sgemm). */
 #include "kt.h"
 
 static void t_rope_values(void)
@@ -178,22 +179,54 @@ static void thr_run(void *pp)
     KT_CALL(rope_bwd, c->dq, c->dout, &r);
 }
 
-static void t_threads(void)
+/* one buffer holds o, dq, dk, dv and p (in that order), so one kt_same_bits checks them all */
+static void attn_threads(lm_attn_args a)
 {
-    KT_COVER(attention_fwd);
-    lm_attn_args a = {180, 8, 2, 32, 0};
     tctx c = {0};
     c.a = a;
     c.nq = a.L * a.n_q * a.head_dim, c.nk = a.L * a.n_kv * a.head_dim;
+    int64_t np = a.n_q * a.L * a.L, nout = 2 * c.nq + 2 * c.nk + np;
     c.q = kt_rand(c.nq, -1, 1, 1), c.k = kt_rand(c.nk, -1, 1, 2), c.v = kt_rand(c.nk, -1, 1, 3);
-    c.o = kt_alloc(c.nq), c.p = kt_alloc(a.n_q * a.L * a.L), c.dout = kt_rand(c.nq, -1, 1, 4);
-    c.dq = kt_alloc(c.nq), c.dk = kt_alloc(c.nk), c.dv = kt_alloc(c.nk);
-    kt_same_bits("attention o", thr_run, &c, c.o, (size_t)c.nq * 4);
-    kt_same_bits("attention dq", thr_run, &c, c.dq, (size_t)c.nq * 4);
-    kt_same_bits("attention dk", thr_run, &c, c.dk, (size_t)c.nk * 4);
-    kt_same_bits("attention dv", thr_run, &c, c.dv, (size_t)c.nk * 4);
-    kt_free(c.q), kt_free(c.k), kt_free(c.v), kt_free(c.o), kt_free(c.p), kt_free(c.dout);
-    kt_free(c.dq), kt_free(c.dk), kt_free(c.dv);
+    c.dout = kt_rand(c.nq, -1, 1, 4);
+    c.o = kt_alloc(nout), c.dq = c.o + c.nq, c.dk = c.dq + c.nq, c.dv = c.dk + c.nk;
+    c.p = c.dv + c.nk;
+    kt_same_bits("attention o, dq, dk, dv, p", thr_run, &c, c.o, (size_t)nout * 4);
+    kt_free(c.q), kt_free(c.k), kt_free(c.v), kt_free(c.o), kt_free(c.dout);
+}
+
+static void t_threads(void)
+{
+    KT_COVER(attention_fwd);
+    attn_threads((lm_attn_args){180, 8, 2, 32, 0}); /* abdomen L: serial softmax (L² < min) */
+}
+
+static void t_threads_par_softmax(void)
+{
+    KT_COVER(attention_fwd);
+    KT_COVER(attention_bwd);
+    for (int causal = 0; causal < 2; causal++) {
+        /* GQA, 2 q heads per kv head; L² is what the softmax row loops of attention_fwd and
+         * attention_bwd test */
+        lm_attn_args a = {193, 4, 2, 64, causal};
+        KT_PARALLEL(a.L * a.L);
+        attn_threads(a);
+    }
+}
+
+static void t_threads_tiled(void)
+{
+    KT_COVER(attention_fwd);
+    KT_COVER(attention_bwd);
+    /* head_dim and GQA ratio of Llama-3-8B. Every sgemm here has M = L and M·N·K = L²·hd;
+     * lm_cpu_sgemm (backend.c) makes a single OpenBLAS call when "(double)M * N * K <=
+     * SMALL_GEMM || (M <= TILE_M && N <= TILE_N)", SMALL_GEMM = 1 << 22, TILE_M = 256; here it
+     * cuts C into 2 row tiles computed in parallel */
+    lm_attn_args a = {257, 4, 1, 128, 0};
+    KT_PARALLEL(a.L * a.L);
+    if (!((double)a.L * a.L * a.head_dim > (1 << 22) && a.L > 256))
+        lm_test_fail(__FILE__, __LINE__, "L = %lld, head_dim %d: lm_cpu_sgemm would not tile",
+                     (long long)a.L, a.head_dim);
+    attn_threads(a);
 }
 
 static void t_bad(void)
@@ -212,7 +245,9 @@ static const lm_test_case cases[] = {
     {"rope_bwd fd", t_rope_fd},
     {"attention values gqa causal", t_attn_values},
     {"attention_bwd fd", t_attn_fd},
-    {"attention threads 1 vs 2", t_threads},
+    {"attention threads 1, 2, 3, abdomen L = 180", t_threads},
+    {"attention threads 1, 2, 3, parallel softmax, causal and not", t_threads_par_softmax},
+    {"attention threads 1, 2, 3, tiled sgemm", t_threads_tiled},
     {"attention bad arguments", t_bad},
     {0},
 };

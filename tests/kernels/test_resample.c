@@ -1,7 +1,7 @@
 /* test_resample.c — trilinear ×2 upsampling (align_corners=False) and 2×2×2 average pooling:
  * hand-derived PyTorch values, MODEL.md §17 item 4 (a constant field c becomes 2c after
  * upsampling and ×2), adjoint identity and finite differences of the backward, odd and size-1
- * axes, bit identity for 1 and 2 threads. */
+ * axes, bit identity for 1, 2 and 3 threads with every op's loop parallel. */
 #include "kt.h"
 
 static void t_up_values(void)
@@ -127,34 +127,48 @@ static void t_pool_fd(void)
 }
 
 typedef struct {
-    float *x, *y, *dx, *p, *dp;
-    lm_vol_args a;
-    int64_t n;
+    float *x, *y, *dx, *xp, *p, *dp;
+    lm_vol_args a, f; /* upsample2 input grid, avgpool2 input grid */
+    int64_t n, np;    /* elements of those grids */
 } tctx;
 
 static void thr_run(void *pp)
 {
     tctx *c = pp;
-    lm_vol_args f = {c->a.C, 2 * c->a.D, 2 * c->a.H, 2 * c->a.W};
     memset(c->dx, 0, (size_t)c->n * 4);
+    memset(c->dp, 0, (size_t)c->np * 4);
     KT_CALL(upsample2_fwd, c->y, c->x, &c->a);
     KT_CALL(upsample2_bwd, c->dx, c->y, &c->a);
-    KT_CALL(avgpool2_fwd, c->p, c->y, &f);
-    memset(c->dp, 0, (size_t)c->n * 32);
-    KT_CALL(avgpool2_bwd, c->dp, c->p, &f);
+    KT_CALL(avgpool2_fwd, c->p, c->xp, &c->f);
+    KT_CALL(avgpool2_bwd, c->dp, c->p, &c->f);
 }
 
 static void t_threads(void)
 {
     KT_COVER(upsample2_fwd);
-    lm_vol_args a = {16, 12, 10, 12}; /* F'4 -> 1/4 grid, abdomen */
-    int64_t n = (int64_t)a.C * a.D * a.H * a.W;
-    tctx c = {kt_rand(n, -1, 1, 1), kt_alloc(8 * n), kt_alloc(n), kt_alloc(n), kt_alloc(8 * n), a, n};
+    KT_COVER(upsample2_bwd);
+    KT_COVER(avgpool2_fwd);
+    KT_COVER(avgpool2_bwd);
+    /* odd extents near the abdomen's F'4 grid (16 × 12×10×12, whose 1/4 grid is too small for
+     * the parallel loop); pooling floors 27×23×31 to the same 13×11×15 */
+    lm_vol_args a = {16, 13, 11, 15}, f = {16, 27, 23, 31};
+    int64_t n = (int64_t)a.C * a.D * a.H * a.W, np = (int64_t)f.C * f.D * f.H * f.W;
+    int64_t npool = (int64_t)f.C * (f.D / 2) * (f.H / 2) * (f.W / 2);
+    /* resample.c sep_apply's loop tests C·yd·yh·yw, the grid it writes: the output grid for
+     * the forwards, the input grid for the backwards */
+    KT_PARALLEL(8 * n); /* upsample2_fwd */
+    KT_PARALLEL(n);     /* upsample2_bwd */
+    KT_PARALLEL(npool); /* avgpool2_fwd */
+    KT_PARALLEL(np);    /* avgpool2_bwd */
+    tctx c = {0};
+    c.x = kt_rand(n, -1, 1, 1), c.y = kt_alloc(8 * n), c.dx = kt_alloc(n);
+    c.xp = kt_rand(np, -1, 1, 2), c.p = kt_alloc(npool), c.dp = kt_alloc(np);
+    c.a = a, c.f = f, c.n = n, c.np = np;
     kt_same_bits("upsample y", thr_run, &c, c.y, (size_t)(8 * n) * 4);
     kt_same_bits("upsample dx", thr_run, &c, c.dx, (size_t)n * 4);
-    kt_same_bits("avgpool", thr_run, &c, c.p, (size_t)n * 4);
-    kt_same_bits("avgpool dx", thr_run, &c, c.dp, (size_t)(8 * n) * 4);
-    kt_free(c.x), kt_free(c.y), kt_free(c.dx), kt_free(c.p), kt_free(c.dp);
+    kt_same_bits("avgpool", thr_run, &c, c.p, (size_t)npool * 4);
+    kt_same_bits("avgpool dx", thr_run, &c, c.dp, (size_t)np * 4);
+    kt_free(c.x), kt_free(c.y), kt_free(c.dx), kt_free(c.xp), kt_free(c.p), kt_free(c.dp);
 }
 
 static const lm_test_case cases[] = {
@@ -163,7 +177,7 @@ static const lm_test_case cases[] = {
     {"avgpool2 values", t_pool_values},
     {"upsample2_bwd adjoint and fd", t_up_fd},
     {"avgpool2_bwd adjoint and fd", t_pool_fd},
-    {"resample threads 1 vs 2", t_threads},
+    {"resample threads 1, 2, 3", t_threads},
     {0},
 };
 
