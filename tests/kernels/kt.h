@@ -1,7 +1,8 @@
 /* kt.h — helpers shared by the kernel tests (header-only: the build links only tests/lib/ sources
- * as test helpers): seeded buffers, a central finite-difference gradient checker, the
- * thread bit-identity check (1, 2, 3 threads), and KT_COVER, which marks the ops a test exercises
- * (test_coverage.c reads those marks and fails when an op of ops.def has none).
+ * as test helpers): seeded buffers, a central finite-difference gradient checker, the adjoint
+ * identity check of linear ops, the thread bit-identity check (1, 2, 3 threads), and KT_COVER,
+ * which marks the ops a test exercises (test_coverage.c reads those marks and fails when an op
+ * of ops.def has none).
  *
  * These tests run on the CPU backend, whose buffers are host memory, so they read and write
  * buffers directly; the CPU-vs-CUDA parity tests go through upload/download instead.
@@ -94,6 +95,31 @@ static inline double kt_max_abs_diff(const float *a, const float *b, int64_t n)
             m = d;
     }
     return m;
+}
+
+static inline double kt_nrm(const float *x, int64_t n) { return sqrt(kt_dot(x, x, n)); }
+
+/* ---- the adjoint identity of a LINEAR op -----------------------------------------------------
+ * lhs = <A x, r> and rhs = <x, Aᵀ r> in double must agree to 1e-5 of scale (a bound of both,
+ * e.g. |x|·|r| for a permutation); the check proves its own power: wrong, the same product
+ * through a realistic wrong adjoint, must be rejected by the same comparison. Choose inputs
+ * (positive, or r = A x + noise) for which the wrong product misses by a good part of scale
+ * for any seed. */
+static inline void kt_adj_check(const char *what, double lhs, double rhs, double wrong,
+                                double scale)
+{
+    const double tol = 1e-5;
+    double err = fabs(lhs - rhs) / scale, werr = fabs(lhs - wrong) / scale;
+    if (!(err <= tol))
+        lm_test_fail(__FILE__, __LINE__,
+                     "%s: <Ax, r> = %.9g, <x, A'r> = %.9g: err %.3g of scale %.3g, tol %.3g", what,
+                     lhs, rhs, err, scale, tol);
+    if (!(werr > tol))
+        lm_test_fail(__FILE__, __LINE__, "%s: a wrong adjoint was accepted (err %.3g, tol %.3g)",
+                     what, werr, tol);
+    if (getenv("KT_VERBOSE"))
+        fprintf(stderr, "  %s: adjoint err %.3g, wrong adjoint %.3g (tol %.3g)\n", what, err, werr,
+                tol);
 }
 
 /* ---- the finite-difference checker ----------------------------------------------------------

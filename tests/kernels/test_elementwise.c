@@ -187,32 +187,8 @@ static void t_alloc_zero(void)
         }
 }
 
-/* ---- adjoint identities (ops.def: LINEAR) ---------------------------------------------------
- * <A x, r> = <x, Aᵀ r> in double, to 1e-5 of scale (a bound of both sides, |x|·|r|·|A| or so).
- * Each check proves its own power: wrong, the same product through a realistic wrong adjoint,
- * must be rejected by the same comparison. Inputs are positive (or r = A x + noise) so that the
- * wrong product misses by a good part of the scale for any seed. */
-static void adj_check(const char *what, double lhs, double rhs, double wrong, double scale)
-{
-    const double tol = 1e-5;
-    double err = fabs(lhs - rhs) / scale, werr = fabs(lhs - wrong) / scale;
-    if (!(err <= tol))
-        lm_test_fail(__FILE__, __LINE__,
-                     "%s: <Ax, r> = %.9g, <x, A'r> = %.9g: err %.3g of scale %.3g, tol %.3g", what,
-                     lhs, rhs, err, scale, tol);
-    if (!(werr > tol))
-        lm_test_fail(__FILE__, __LINE__, "%s: a wrong adjoint was accepted (err %.3g, tol %.3g)",
-                     what, werr, tol);
-    if (getenv("KT_VERBOSE"))
-        fprintf(stderr, "  %s: adjoint err %.3g, wrong adjoint %.3g (tol %.3g)\n", what, err, werr,
-                tol);
-}
-
-static double nrm(const float *x, int64_t n)
-{
-    return sqrt(kt_dot(x, x, n));
-}
-
+/* ---- adjoint identities (ops.def: LINEAR), by kt_adj_check: inputs are positive (or
+ * r = A x + noise) so that the wrong product misses by a good part of the scale for any seed */
 static void t_add_adjoint(void)
 {
     KT_COVER(add);
@@ -222,8 +198,8 @@ static void t_add_adjoint(void)
     float *a = kt_rand(n, 0.5, 1.5, 1), *b = kt_rand(n, 0.5, 1.5, 2), *r = kt_rand(n, 0.5, 1.5, 3);
     float *y = kt_alloc(n);
     KT_CALL(add, y, a, b, n);
-    adj_check("add", kt_dot(y, r, n), kt_dot(a, r, n) + kt_dot(b, r, n), kt_dot(a, r, n),
-              (nrm(a, n) + nrm(b, n)) * nrm(r, n));
+    kt_adj_check("add", kt_dot(y, r, n), kt_dot(a, r, n) + kt_dot(b, r, n), kt_dot(a, r, n),
+              (kt_nrm(a, n) + kt_nrm(b, n)) * kt_nrm(r, n));
     kt_free(a), kt_free(b), kt_free(r), kt_free(y);
 }
 
@@ -241,10 +217,11 @@ static void t_scale_axpy_adjoint(void)
     float *x = kt_rand(n, 0.5, 1.5, 1), *r = kt_rand(n, 0.5, 1.5, 2), *y0 = kt_rand(n, 0.5, 1.5, 3);
     float *ax = kt_alloc(n), *y = kt_copy(y0, n);
     KT_CALL(scale, ax, x, alpha, n);
-    const double xar = alpha * kt_dot(x, r, n), sx = -alpha * nrm(x, n) * nrm(r, n);
-    adj_check("scale", kt_dot(ax, r, n), xar, kt_dot(x, r, n), sx);
+    const double xar = alpha * kt_dot(x, r, n), sx = -alpha * kt_nrm(x, n) * kt_nrm(r, n);
+    kt_adj_check("scale", kt_dot(ax, r, n), xar, kt_dot(x, r, n), sx);
     KT_CALL(axpy, y, x, alpha, n);
-    adj_check("axpy", kt_dot(y, r, n), kt_dot(y0, r, n) + xar, xar, nrm(y0, n) * nrm(r, n) + sx);
+    kt_adj_check("axpy", kt_dot(y, r, n), kt_dot(y0, r, n) + xar, xar,
+                 kt_nrm(y0, n) * kt_nrm(r, n) + sx);
     int64_t bad = 0, bad_overwrite = 0;
     for (int64_t i = 0; i < n; i++) {
         bad += y[i] != y0[i] + ax[i];
@@ -268,7 +245,8 @@ static void t_copy_adjoint(void)
         r[i] += x[i];
     KT_CALL(copy, cx, x, n);
     KT_CALL(copy, wr, r + 1, n - 1);
-    adj_check("copy", kt_dot(cx, r, n), kt_dot(x, r, n), kt_dot(x, wr, n), nrm(x, n) * nrm(r, n));
+    kt_adj_check("copy", kt_dot(cx, r, n), kt_dot(x, r, n), kt_dot(x, wr, n),
+                 kt_nrm(x, n) * kt_nrm(r, n));
     kt_free(x), kt_free(r), kt_free(cx), kt_free(wr);
 }
 
@@ -286,10 +264,10 @@ static void t_sum_mean_adjoint(void)
     KT_CALL(mean, out + 1, x, n);
     KT_CALL(fill, f1, s, n);
     KT_CALL(fill, fn, (float)(s / (double)n), n);
-    adj_check("sum", (double)out[0] * s, kt_dot(x, f1, n), kt_dot(x, fn, n),
-              nrm(x, n) * nrm(f1, n));
-    adj_check("mean", (double)out[1] * s, kt_dot(x, fn, n), kt_dot(x, f1, n),
-              nrm(x, n) * nrm(fn, n));
+    kt_adj_check("sum", (double)out[0] * s, kt_dot(x, f1, n), kt_dot(x, fn, n),
+              kt_nrm(x, n) * kt_nrm(f1, n));
+    kt_adj_check("mean", (double)out[1] * s, kt_dot(x, fn, n), kt_dot(x, f1, n),
+              kt_nrm(x, n) * kt_nrm(fn, n));
     kt_free(x), kt_free(out), kt_free(f1), kt_free(fn);
 }
 

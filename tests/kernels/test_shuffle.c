@@ -129,31 +129,9 @@ static void t_threads(void)
     kt_free(c.tok), kt_free(c.vol), kt_free(c.back);
 }
 
-/* ---- adjoint identities (ops.def: LINEAR) ---------------------------------------------------
- * <A x, r> = <x, Aᵀ r> in double, to 1e-5 of scale (|x|·|r| for these permutations). Each check
- * proves its own power: wrong, the same product through a realistic wrong adjoint, must be
- * rejected by the same comparison. r = A x + noise keeps that robust for any seed: the wrong
- * product then misses about |x|², not a random amount that may happen to be small. */
-static void adj_check(const char *what, double lhs, double rhs, double wrong, double scale)
-{
-    const double tol = 1e-5;
-    double err = fabs(lhs - rhs) / scale, werr = fabs(lhs - wrong) / scale;
-    if (!(err <= tol))
-        lm_test_fail(__FILE__, __LINE__,
-                     "%s: <Ax, r> = %.9g, <x, A'r> = %.9g: err %.3g of scale %.3g, tol %.3g", what,
-                     lhs, rhs, err, scale, tol);
-    if (!(werr > tol))
-        lm_test_fail(__FILE__, __LINE__, "%s: a wrong adjoint was accepted (err %.3g, tol %.3g)",
-                     what, werr, tol);
-    if (getenv("KT_VERBOSE"))
-        fprintf(stderr, "  %s: adjoint err %.3g, wrong adjoint %.3g (tol %.3g)\n", what, err, werr,
-                tol);
-}
-
-static double nrm(const float *x, int64_t n)
-{
-    return sqrt(kt_dot(x, x, n));
-}
+/* ---- adjoint identities (ops.def: LINEAR), by kt_adj_check (scale |x|·|r| for these
+ * permutations): r = A x + noise keeps them robust for any seed, the wrong product then missing
+ * about |x|², not a random amount that may happen to be small */
 
 /* elements where y != y0 + d (float), for `+=` checked bit for bit */
 static int64_t acc_bad(const float *y, const float *y0, const float *d, int64_t n)
@@ -181,8 +159,8 @@ static void t_transpose_adjoint(void)
         KT_CALL(transpose, Wr, r, R, C, 0); /* the wrong one: r read as [R,C] */
         char what[64];
         snprintf(what, sizeof what, "transpose %lldx%lld", (long long)R, (long long)C);
-        adj_check(what, kt_dot(Tx, r, n), kt_dot(x, Tr, n), kt_dot(x, Wr, n),
-                  nrm(x, n) * nrm(r, n));
+        kt_adj_check(what, kt_dot(Tx, r, n), kt_dot(x, Tr, n), kt_dot(x, Wr, n),
+                  kt_nrm(x, n) * kt_nrm(r, n));
         /* y += xᵀ adds exactly the `=` result to what was there; the same test rejects an
          * accumulate that overwrites */
         float *y0 = kt_rand(n, -1, 1, 3), *y = kt_copy(y0, n);
@@ -236,7 +214,8 @@ static void t_concat_split_adjoint(void)
             }
         char what[64];
         snprintf(what, sizeof what, "concat / split, NULL slot %d", k);
-        adj_check(what, kt_dot(y, dy, Ct * N), rhs, wrong, nrm(y, Ct * N) * nrm(dy, Ct * N));
+        kt_adj_check(what, kt_dot(y, dy, Ct * N), rhs, wrong,
+                     kt_nrm(y, Ct * N) * kt_nrm(dy, Ct * N));
     }
     for (int i = 0; i < n; i++)
         kt_free(xs[i]), kt_free(d0[i]), kt_free(dx[i]), kt_free(dw[i]);
