@@ -260,7 +260,9 @@ static inline double kt_fd_error(float *x, int64_t n, const float *ga, kt_fn f, 
 /* ---- thread bit-identity --------------------------------------------------------------------
  * run(ctx) computes into out (nbytes); it is run with 1, 2, ..., max_threads threads and every
  * output must be bit-identical to the 1-thread one (3 threads: a split that is no power of
- * two). The backend is left at 2 threads. Sizes must reach the parallel code, or the check
+ * two). out is filled with NaN before each run, so that a thread that skips its share of an
+ * overwritten output shows (run() must itself reset what it accumulates into). The backend is
+ * left at 2 threads. Sizes must reach the parallel code, or the check
  * proves nothing: KT_PARALLEL(n) fails the case where n, the count that a loop of the op
  * compares with LM_CPU_PAR_MIN (kernels/cpu/cpu.h), is below it. */
 typedef void (*kt_run_fn)(void *ctx);
@@ -277,10 +279,12 @@ static inline void kt_same_bits_upto(const char *what, kt_run_fn run, void *ctx,
 {
     void *first = malloc(nbytes ? nbytes : 1);
     lm_backend_set_threads(kt_be(), 1);
+    memset((void *)out, 0xff, nbytes);
     run(ctx);
     memcpy(first, out, nbytes);
     for (int nt = 2; nt <= max_threads; nt++) {
         lm_backend_set_threads(kt_be(), nt);
+        memset((void *)out, 0xff, nbytes);
         run(ctx);
         if (memcmp(first, out, nbytes) != 0) {
             size_t i = 0;

@@ -1,7 +1,8 @@
 /* test_conv3d.c — conv3d k3 p1, stride 1 and 2: values against a direct double loop,
  * finite-difference gradients of x, w, b, odd sizes (prime dims, size-1 axes), an encoder
  * shape at reduced scale, the direct AVX2 forward against the OpenBLAS one (LM_CONV_BLAS=1),
- * and bit identity for 1 and 2 threads. */
+ * and the same bits for any thread count (forward 1 to 5 threads, direct and OpenBLAS paths;
+ * backward 1 to 4). */
 #include "kt.h"
 
 static double ref_at(const float *x, const float *w, const float *b, const lm_conv3d_args *a,
@@ -214,29 +215,31 @@ static void tctx_free(tctx *c)
         kt_free(c->dy), kt_free(c->dx), kt_free(c->dw), kt_free(c->db);
 }
 
-/* Fails the case where conv3d_fwd would run a shape on one thread whatever the count: the
- * direct path stays serial below 2^22 flops or with one output plane (CONV_PAR_FLOPS in
- * kernels/cpu/conv3d.c), the OpenBLAS paths below LM_CPU_PAR_MIN rows x outputs, a smaller
- * count */
+/* Fails the case where conv3d_fwd could run a shape on one thread whatever the count, on any
+ * of its paths (kernels/cpu/conv3d.c): the direct one stays serial below CONV_PAR_FLOPS = 2^22
+ * flops or with one output plane, the OpenBLAS ones (per plane, im2col) below LM_CPU_PAR_MIN
+ * rows (Cin·27) times output voxels of a channel, or with one plane */
 static void conv_parallel(const tctx *c)
 {
     const double flops = 2.0 * (double)c->nout * c->a.Cin * 27;
-    const int64_t Do = (c->a.D - 1) / c->a.stride + 1;
-    if (flops < (double)(1 << 22) || Do < 2)
+    const int64_t Do = (c->a.D - 1) / c->a.stride + 1,
+                  rows_out = c->a.Cin * 27 * (c->nout / c->a.Cout);
+    if (flops < (double)(1 << 22) || Do < 2 || rows_out < LM_CPU_PAR_MIN)
         lm_test_fail(__FILE__, __LINE__,
-                     "conv3d %dx%d %dx%dx%d s%d: %.0f flops, %lld planes: serial", c->a.Cin,
-                     c->a.Cout, c->a.D, c->a.H, c->a.W, c->a.stride, flops, (long long)Do);
+                     "conv3d %dx%d %dx%dx%d s%d: %.0f flops, %lld rows x outputs, %lld planes: "
+                     "serial",
+                     c->a.Cin, c->a.Cout, c->a.D, c->a.H, c->a.W, c->a.stride, flops,
+                     (long long)rows_out, (long long)Do);
 }
 
 static void thr_run(void *p)
 {
     tctx *c = p;
-    lm_backend *be = kt_be();
-    be->conv3d_fwd(be, c->y, c->x, c->w, c->b, &c->a);
+    KT_CALL(conv3d_fwd, c->y, c->x, c->w, c->b, &c->a);
     memset(c->dx, 0, (size_t)c->nin * 4);
     memset(c->dw, 0, (size_t)c->nw * 4);
     memset(c->db, 0, (size_t)c->a.Cout * 4);
-    be->conv3d_bwd(be, c->dx, c->dw, c->db, c->dy, c->x, c->w, &c->a);
+    KT_CALL(conv3d_bwd, c->dx, c->dw, c->db, c->dy, c->x, c->w, &c->a);
 }
 
 static void t_threads(void)
@@ -257,8 +260,7 @@ static void t_threads(void)
 static void fwd_run(void *p)
 {
     tctx *c = p;
-    lm_backend *be = kt_be();
-    be->conv3d_fwd(be, c->y, c->x, c->w, c->b, &c->a);
+    KT_CALL(conv3d_fwd, c->y, c->x, c->w, c->b, &c->a);
 }
 
 /* "Bit-identical for any thread count": forward shapes with enough work for every thread, run
@@ -276,15 +278,22 @@ static void t_threads_fwd(void)
         {48, 32, 9, 20, 24, 2},  /* 2 groups of 16 channels */
         {96, 16, 6, 20, 24, 1},  /* S3 (96 -> 16), OpenBLAS per plane */
         {40, 8, 5, 20, 26, 1}};  /* S1 CBL (40 -> 8), OpenBLAS per plane */
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        tctx c = tctx_new(shapes[i], 0);
-        const lm_conv3d_args *a = &shapes[i];
-        conv_parallel(&c);
-        char what[96];
-        snprintf(what, sizeof what, "conv3d y %dx%d %dx%dx%d s%d", a->Cin, a->Cout, a->D, a->H,
-                 a->W, a->stride);
-        kt_same_bits_upto(what, fwd_run, &c, c.y, (size_t)c.nout * 4, 5);
-        tctx_free(&c);
+    /* then all through OpenBLAS (LM_CONV_BLAS=1, the path of CPUs without AVX2): im2col
+     * tiles, and planes at stride 1 */
+    for (int blas = 0; blas < 2; blas++) {
+        if (blas)
+            setenv("LM_CONV_BLAS", "1", 1);
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+            tctx c = tctx_new(shapes[i], 0);
+            const lm_conv3d_args *a = &shapes[i];
+            conv_parallel(&c);
+            char what[96];
+            snprintf(what, sizeof what, "conv3d y %dx%d %dx%dx%d s%d%s", a->Cin, a->Cout, a->D,
+                     a->H, a->W, a->stride, blas ? " (LM_CONV_BLAS=1)" : "");
+            kt_same_bits_upto(what, fwd_run, &c, c.y, (size_t)c.nout * 4, 5);
+            tctx_free(&c);
+        }
+        unsetenv("LM_CONV_BLAS");
     }
 }
 

@@ -26,21 +26,29 @@ static char *slurp(const char *path)
     return s;
 }
 
-/* blanks out the C comments of s in place (string literals are not looked into: the tests'
- * strings hold no comment markers), so that a KT_COVER mark in a comment does not count */
+/* blanks out the C comments of s in place, so that a KT_COVER mark in a comment does not
+ * count; string and character literals (with their escapes) are stepped over, so that a
+ * comment opener inside one starts no comment */
 static void strip_comments(char *s)
 {
-    for (char *p = s; *p; p++) {
+    char *p = s;
+    while (*p) {
         if (p[0] == '/' && p[1] == '*') {
             char *e = strstr(p + 2, "*/");
             char *stop = e ? e + 2 : p + strlen(p);
             memset(p, ' ', (size_t)(stop - p));
-            p = stop - 1;
+            p = stop;
         } else if (p[0] == '/' && p[1] == '/') {
             while (*p && *p != '\n')
                 *p++ = ' ';
-            if (!*p)
-                break;
+        } else if (*p == '"' || *p == '\'') {
+            const char q = *p++;
+            while (*p && *p != q && *p != '\n')
+                p += p[0] == '\\' && p[1] ? 2 : 1;
+            if (*p == q)
+                p++;
+        } else {
+            p++;
         }
     }
 }

@@ -1,7 +1,7 @@
 /* test_elementwise.c — add, mul, scale, axpy, fill, copy, cast, sum, mean, max_abs: exact
- * values, dtype round trips (bf16 round-to-nearest-even, f16, integer saturation), the fixed
- * reduction order (bits equal for 1 and 2 threads), the mul gradient by finite differences, the
- * adjoint identities of the LINEAR ops and bits equal for 1, 2 and 3 threads past the threshold. */
+ * values, dtype round trips (bf16 round-to-nearest-even, f16, integer saturation), the mul
+ * gradient by finite differences, the adjoint identities of the LINEAR ops, and bits equal for
+ * 1, 2 and 3 threads past the threshold (the reductions' fixed order among them). */
 #include "kt.h"
 
 #include <errno.h>
@@ -372,7 +372,7 @@ static const lm_test_case cases[] = {
     {"alloc_zero", t_alloc_zero},
     {"arithmetic", t_arith},    {"mul fd", t_mul_fd},
     {"cast", t_cast},           {"reductions", t_reduce},
-    {"reductions threads 1 vs 2", t_threads},
+    {"reductions threads 1, 2, 3", t_threads},
     {"add adjoint", t_add_adjoint},
     {"scale and axpy adjoints", t_scale_axpy_adjoint},
     {"copy adjoint", t_copy_adjoint},

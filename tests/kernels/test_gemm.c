@@ -222,35 +222,54 @@ static void t_batched_adjoint_fd(void)
 
 typedef struct {
     float *y, *x, *w, *b, *dx, *dw, *db, *dy;
+    const void *wq; /* w, or its BF16 copy (then no dw: the weight is frozen) */
     lm_gemm_args a;
 } tctx;
 
 static void thr_run(void *p)
 {
     tctx *c = p;
-    lm_backend *be = kt_be();
-    be->gemm_fwd(be, c->y, c->x, c->w, c->b, &c->a);
+    KT_CALL(gemm_fwd, c->y, c->x, c->wq, c->b, &c->a);
     memset(c->dx, 0, (size_t)(c->a.M * c->a.K) * 4);
     memset(c->dw, 0, (size_t)(c->a.N * c->a.K) * 4);
     memset(c->db, 0, (size_t)c->a.N * 4);
-    be->gemm_bwd(be, c->dx, c->dw, c->db, c->dy, c->x, c->w, &c->a);
+    KT_CALL(gemm_bwd, c->dx, c->a.wdtype == LM_F32 ? c->dw : NULL, c->db, c->dy, c->x, c->wq,
+            &c->a);
 }
 
+/* forward and backward: 180 tokens (dx = dy·W one untiled sgemm), 300 (dx in row tiles of
+ * lm_cpu_sgemm: more than 256 rows and 2^22 multiply-adds), and 300 with a BF16 weight (dx
+ * through panels widened per tile) */
 static void t_threads(void)
 {
     KT_COVER(gemm_fwd);
     KT_COVER(gemm_bwd);
-    const int64_t M = 180, N = 384, K = 256;
-    tctx c = {kt_alloc(M * N), kt_rand(M * K, -1, 1, 1), kt_rand(N * K, -1, 1, 2),
-              kt_rand(N, -1, 1, 3), kt_alloc(M * K), kt_alloc(N * K), kt_alloc(N),
-              kt_rand(M * N, -1, 1, 4), {M, N, K, LM_F32, 0}};
-    /* one buffer holding every output so one comparison covers all */
-    kt_same_bits("gemm y", thr_run, &c, c.y, (size_t)(M * N) * 4);
-    kt_same_bits("gemm dx", thr_run, &c, c.dx, (size_t)(M * K) * 4);
-    kt_same_bits("gemm dw", thr_run, &c, c.dw, (size_t)(N * K) * 4);
-    kt_same_bits("gemm db", thr_run, &c, c.db, (size_t)N * 4);
-    kt_free(c.y), kt_free(c.x), kt_free(c.w), kt_free(c.b), kt_free(c.dx), kt_free(c.dw);
-    kt_free(c.db), kt_free(c.dy);
+    static const struct {
+        int64_t M;
+        int bf16;
+    } cases_[] = {{180, 0}, {300, 0}, {300, 1}};
+    const int64_t N = 384, K = 256;
+    for (int i = 0; i < 3; i++) {
+        const int64_t M = cases_[i].M;
+        tctx c = {kt_alloc(M * N), kt_rand(M * K, -1, 1, 1), kt_rand(N * K, -1, 1, 2),
+                  kt_rand(N, -1, 1, 3), kt_alloc(M * K), kt_alloc(N * K), kt_alloc(N),
+                  kt_rand(M * N, -1, 1, 4), NULL, {M, N, K, cases_[i].bf16 ? LM_BF16 : LM_F32, 0}};
+        uint16_t *wb = lm_backend_alloc(kt_be(), (size_t)(N * K) * 2);
+        KT_CALL(cast, wb, LM_BF16, c.w, LM_F32, N * K);
+        c.wq = cases_[i].bf16 ? (const void *)wb : (const void *)c.w;
+        KT_PARALLEL(M * N);
+        const char *wt = cases_[i].bf16 ? ", BF16" : "";
+        char what[64];
+        snprintf(what, sizeof what, "gemm y (M %lld%s)", (long long)M, wt);
+        kt_same_bits(what, thr_run, &c, c.y, (size_t)(M * N) * 4);
+        snprintf(what, sizeof what, "gemm dx (M %lld%s)", (long long)M, wt);
+        kt_same_bits(what, thr_run, &c, c.dx, (size_t)(M * K) * 4);
+        if (!cases_[i].bf16)
+            kt_same_bits("gemm dw", thr_run, &c, c.dw, (size_t)(N * K) * 4);
+        kt_same_bits("gemm db", thr_run, &c, c.db, (size_t)N * 4);
+        kt_free(c.y), kt_free(c.x), kt_free(c.w), kt_free(c.b), kt_free(c.dx), kt_free(c.dw);
+        kt_free(c.db), kt_free(c.dy), kt_free(wb);
+    }
 }
 
 typedef struct {

@@ -1,6 +1,6 @@
 /* test_loss.c — one-hot, soft Dice with an ignore set and Grad_L2 (MODEL.md §9), and Adam:
  * values against direct formulas, finite-difference gradients, identical-map and size-1
- * cases, bit identity for 1 and 2 threads. */
+ * cases, bit identity for 1, 2 and 3 threads. */
 #include "kt.h"
 
 static void t_onehot(void)
@@ -211,7 +211,7 @@ static const lm_test_case cases[] = {
     {"grad_l2 values", t_grad_values},
     {"grad_l2_bwd fd", t_grad_fd},
     {"adam_step vs torch formula", t_adam},
-    {"loss threads 1 vs 2", t_threads},
+    {"loss threads 1, 2, 3", t_threads},
     {0},
 };
 

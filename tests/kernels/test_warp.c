@@ -2,8 +2,8 @@
  * half-voxel shifts, nearest warps that invent no labels (round half to even), the flow
  * gradient against an fp64 central difference of an independent double reference (relative
  * error < 1e-6), finite differences of every backward output, border padding, composition
- * identities, bit identity for 1 and 2 threads, and the same bits from the vector and the scalar
- * paths and from the [C,D,H,W] and NIfTI array orders. */
+ * identities, bit identity for 1, 2 and 3 threads, and the same bits from the vector and the
+ * scalar paths and from the [C,D,H,W] and NIfTI array orders. */
 #include "kt.h"
 
 #define IDX(c, z, y, x) ((((int64_t)(c) * D + (z)) * H + (y)) * W + (x))
