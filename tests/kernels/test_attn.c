@@ -55,6 +55,7 @@ static double r_loss(void *p)
 
 static void t_rope_fd(void)
 {
+    KT_COVER(rope_fwd); /* the loss runs the forward: one check of the pair */
     KT_COVER(rope_bwd);
     rctx c = {kt_rand(5 * 2 * 8, -1, 1, 1), kt_alloc(80), kt_rand(80, -1, 1, 2),
               {5, 2, 8, 500000.0f, 3}, 80};
@@ -140,6 +141,7 @@ static double at_loss(void *pp)
 
 static void t_attn_fd(void)
 {
+    KT_COVER(attention_fwd); /* the loss runs the forward: one check of the pair */
     KT_COVER(attention_bwd);
     for (int causal = 0; causal < 2; causal++) {
         lm_attn_args a = {5, 6, 2, 3, causal};

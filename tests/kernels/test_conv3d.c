@@ -161,6 +161,7 @@ static double c_loss(void *p)
 
 static void fd_case(lm_conv3d_args a)
 {
+    KT_COVER(conv3d_fwd); /* the loss runs the forward: one check of the pair */
     KT_COVER(conv3d_bwd);
     int64_t Do = (a.D - 1) / a.stride + 1, Ho = (a.H - 1) / a.stride + 1,
             Wo = (a.W - 1) / a.stride + 1, nin = (int64_t)a.Cin * a.D * a.H * a.W,

@@ -1,6 +1,8 @@
 /* test_coverage.c — the kernel tests' own guards:
  *   - every op of ops.def is marked KT_COVER(op) in the code (not a comment) of some
  *     tests/kernels/test_*.c, and its slot in the CPU table is filled;
+ *   - every op of ops.def with grad FD is marked in a test function that calls kt_gradcheck
+ *     (itself or through a function it calls), and every LINEAR one where kt_adj_check is;
  *   - every op of ops.def, and nothing else, is listed in man/lm-kernels.7;
  *   - the finite-difference checker rejects realistic wrong gradients (expected failures):
  *     a leaky_relu backward with the wrong slope, a flow gradient with the D and W channels
@@ -9,6 +11,7 @@
  */
 #include "kt.h"
 
+#include <ctype.h>
 #include <dirent.h>
 
 static char *slurp(const char *path)
@@ -27,8 +30,8 @@ static char *slurp(const char *path)
 }
 
 /* blanks out the C comments of s in place, so that a KT_COVER mark in a comment does not
- * count; string and character literals (with their escapes) are stepped over, so that a
- * comment opener inside one starts no comment */
+ * count, and the contents of string and character literals (with their escapes), so that a
+ * comment opener or a brace inside one counts for nothing */
 static void strip_comments(char *s)
 {
     char *p = s;
@@ -41,10 +44,13 @@ static void strip_comments(char *s)
         } else if (p[0] == '/' && p[1] == '/') {
             while (*p && *p != '\n')
                 *p++ = ' ';
-        } else if (*p == '"' || *p == '\'') {
+        } else if (*p == '"' || *p == '\'') { /* a literal: its contents blanked too */
             const char q = *p++;
-            while (*p && *p != q && *p != '\n')
-                p += p[0] == '\\' && p[1] ? 2 : 1;
+            while (*p && *p != q && *p != '\n') {
+                const int n = p[0] == '\\' && p[1] ? 2 : 1;
+                memset(p, ' ', (size_t)n);
+                p += n;
+            }
             if (*p == q)
                 p++;
         } else {
@@ -53,14 +59,16 @@ static void strip_comments(char *s)
     }
 }
 
-static void t_every_op_has_a_test(void)
+/* The test files tests/kernels/test_*.c but this one, comments and literals blanked,
+ * concatenated; NULL (the case failed) if none can be read. */
+static char *test_sources(void)
 {
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/tests/kernels", lm_test_srcdir());
     DIR *d = opendir(dir);
     if (!d) {
         lm_test_fail(__FILE__, __LINE__, "cannot open %s", dir);
-        return;
+        return NULL;
     }
     size_t cap = 1, len = 0;
     char *all = calloc(1, 1);
@@ -78,17 +86,31 @@ static void t_every_op_has_a_test(void)
             continue;
         strip_comments(s);
         size_t sl = strlen(s);
-        if (len + sl + 1 > cap) {
-            cap = (len + sl + 1) * 2;
+        if (len + sl + 2 > cap) {
+            cap = (len + sl + 2) * 2;
             all = realloc(all, cap);
         }
-        memcpy(all + len, s, sl + 1);
+        memcpy(all + len, s, sl);
         len += sl;
+        all[len++] = '\n'; /* a file that ends mid-unit cannot join the next one's */
+        all[len] = 0;
         free(s);
         nfiles++;
     }
     closedir(d);
     LM_CHECK(nfiles >= 5, "found only %d test files in %s", nfiles, dir);
+    if (nfiles == 0) {
+        free(all);
+        return NULL;
+    }
+    return all;
+}
+
+static void t_every_op_has_a_test(void)
+{
+    char *all = test_sources();
+    if (!all)
+        return;
     int missing = 0;
     for (int i = 0; i < LM_OP_COUNT; i++) {
         char mark[128];
@@ -101,6 +123,94 @@ static void t_every_op_has_a_test(void)
     }
     if (getenv("KT_VERBOSE"))
         fprintf(stderr, "  %d ops, %d without a test\n", (int)LM_OP_COUNT, missing);
+    free(all);
+}
+
+/* The check that ops.def's grad column promises is made where the op is marked. The tests are
+ * cut into top-level units (a function with its signature: from the end of the unit before to
+ * its closing brace). For an FD op, some unit holds KT_COVER(op) and either calls kt_gradcheck
+ * or calls a function whose unit does (t_relu -> fd_one); for a LINEAR op the same with
+ * kt_adj_check. */
+typedef struct {
+    const char *text; /* the unit, NUL-terminated in place */
+    char name[64];    /* the function's name, or "" */
+    int gc, adj;
+} unit;
+
+/* whether u calls a function named name: name followed by '(' with no identifier character
+ * before it */
+static int unit_calls(const unit *u, const char *name)
+{
+    const size_t n = strlen(name);
+    for (const char *q = strstr(u->text, name); q && n; q = strstr(q + 1, name)) {
+        const int word_start = q == u->text || !(isalnum((unsigned char)q[-1]) || q[-1] == '_');
+        if (word_start && q[n] == '(')
+            return 1;
+    }
+    return 0;
+}
+
+static void t_grad_class_checked(void)
+{
+    char *all = test_sources();
+    if (!all)
+        return;
+    size_t cap = 64, nu = 0;
+    unit *u = malloc(cap * sizeof *u);
+    int depth = 0;
+    char *start = all;
+    for (char *p = all; *p; p++) {
+        if (*p == '{')
+            depth++;
+        else if (*p == '}')
+            depth--;
+        if (depth == 0 && (*p == '}' || *p == ';')) {
+            const int body = *p == '}';
+            if (nu == cap)
+                u = realloc(u, (cap *= 2) * sizeof *u);
+            unit *v = &u[nu++];
+            v->text = start;
+            v->name[0] = 0;
+            /* the name: the identifier just before the first '(' of the header */
+            const char *br = body ? strchr(start, '{') : NULL, *par = strchr(start, '(');
+            if (br && par && par < br) {
+                const char *e = par;
+                while (e > start && e[-1] == ' ')
+                    e--;
+                const char *b = e;
+                while (b > start && (isalnum((unsigned char)b[-1]) || b[-1] == '_'))
+                    b--;
+                if (e > b && (size_t)(e - b) < sizeof v->name) {
+                    memcpy(v->name, b, (size_t)(e - b));
+                    v->name[e - b] = 0;
+                }
+            }
+            p[0] = 0; /* the unit ends here: its last character is never needed */
+            v->gc = strstr(start, "kt_gradcheck(") != NULL;
+            v->adj = strstr(start, "kt_adj_check(") != NULL;
+            start = p + 1;
+        }
+    }
+    LM_CHECK(depth == 0, "unbalanced braces in the test sources (depth %d at the end)", depth);
+    for (int i = 0; i < LM_OP_COUNT; i++) {
+        const int fd = strcmp(lm_op_table[i].grad, "FD") == 0;
+        if (!fd && strcmp(lm_op_table[i].grad, "LINEAR") != 0)
+            continue;
+        char mark[128];
+        snprintf(mark, sizeof mark, "KT_COVER(%s)", lm_op_table[i].name);
+        int ok = 0;
+        for (size_t a = 0; a < nu && !ok; a++) {
+            if (!strstr(u[a].text, mark))
+                continue;
+            ok = fd ? u[a].gc : u[a].adj;
+            for (size_t b = 0; b < nu && !ok; b++)
+                if (u[b].name[0] && (fd ? u[b].gc : u[b].adj) && unit_calls(&u[a], u[b].name))
+                    ok = 1;
+        }
+        LM_CHECK(ok, "op %s (%s): no %s check in a case that marks it", lm_op_table[i].name,
+                 lm_op_table[i].grad, fd ? "kt_gradcheck" : "adjoint");
+    }
+    free(u);
     free(all);
 }
 
@@ -311,6 +421,7 @@ static void t_rejects_missing_mean_term(void)
 
 static const lm_test_case cases[] = {
     {"every op in ops.def has a test", t_every_op_has_a_test},
+    {"every FD op checked by finite differences, every LINEAR op by adjoints", t_grad_class_checked},
     {"every op in ops.def is in man/lm-kernels.7", t_every_op_documented},
     {"cpu table complete and buffers", t_cpu_table_complete},
     {"checker rejects wrong leaky slope (expected failure)", t_rejects_wrong_slope},

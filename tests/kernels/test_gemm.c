@@ -108,6 +108,7 @@ static double g_loss(void *p)
 
 static void t_bwd_fd(void)
 {
+    KT_COVER(gemm_fwd); /* the loss runs the forward: one check of the pair */
     KT_COVER(gemm_bwd);
     const int64_t M = 5, N = 7, K = 3;
     gctx c = {kt_alloc(M * N), kt_rand(M * K, -1, 1, 1), kt_rand(N * K, -1, 1, 2),

@@ -75,6 +75,7 @@ static double l_loss(void *pp)
 
 static void t_dice_fd(void)
 {
+    KT_COVER(dice_loss_fwd); /* the loss runs the forward: one check of the pair */
     KT_COVER(dice_loss_bwd);
     const int K = 3;
     const int64_t N = 23;
@@ -120,6 +121,7 @@ static void t_grad_values(void)
 
 static void t_grad_fd(void)
 {
+    KT_COVER(grad_l2_fwd); /* the loss runs the forward: one check of the pair */
     KT_COVER(grad_l2_bwd);
     const int C = 3, D = 3, H = 1, W = 5;
     lctx c = {1, kt_rand(C * D * H * W, -1, 1, 1), NULL, 0, {0}, {C, D, H, W}};

@@ -115,6 +115,7 @@ static void fd_case(int pool, lm_vol_args a)
 
 static void t_up_fd(void)
 {
+    KT_COVER(upsample2_fwd); /* the loss runs the forward: one check of the pair */
     KT_COVER(upsample2_bwd);
     fd_case(0, (lm_vol_args){2, 3, 1, 5});
     fd_case(0, (lm_vol_args){1, 2, 7, 2});
@@ -122,6 +123,7 @@ static void t_up_fd(void)
 
 static void t_pool_fd(void)
 {
+    KT_COVER(avgpool2_fwd); /* the loss runs the forward: one check of the pair */
     KT_COVER(avgpool2_bwd);
     fd_case(1, (lm_vol_args){2, 4, 5, 2});
 }

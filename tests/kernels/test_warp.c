@@ -173,6 +173,7 @@ static double w_loss(void *p)
 
 static void t_warp_fd(void)
 {
+    KT_COVER(warp_fwd); /* the loss runs the forward: one check of the pair */
     KT_COVER(warp_bwd);
     for (int pad = 0; pad < 2; pad++) {
         const int C = 3, D = 3, H = 5, W = 4;
@@ -219,6 +220,7 @@ static void t_compose_identities(void)
 
 static void t_compose_fd(void)
 {
+    KT_COVER(compose_fwd); /* the loss runs the forward: one check of the pair */
     KT_COVER(compose_bwd);
     const int D = 4, H = 3, W = 5;
     const int64_t N = (int64_t)D * H * W;
