@@ -25,6 +25,19 @@
  * when it is freed nothing of it goes back to the heap marked for huge pages. Kernels'
  * per-call scratch (lm_cpu_scratch) stays on the heap, in ordinary pages. */
 #define CPU_HUGE ((size_t)2 << 20)
+/* Under AddressSanitizer (make check-asan) every block comes from the heap at its exact size,
+ * where ASan sees overflows and leaks: a mapping of its own, or the rounding of a heap block
+ * up to 64 bytes, would hide them. */
+#if defined(__SANITIZE_ADDRESS__)
+#define CPU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CPU_ASAN 1
+#endif
+#endif
+#ifndef CPU_ASAN
+#define CPU_ASAN 0
+#endif
 static struct cpu_map {
     void *p;
     size_t len;
@@ -90,7 +103,7 @@ static int cpu_map_free(void *p)
 static void *cpu_alloc(lm_backend *be, size_t nbytes)
 {
     (void)be;
-    return nbytes >= CPU_HUGE ? cpu_map_alloc(nbytes) : lm_cpu_scratch(nbytes);
+    return nbytes >= CPU_HUGE && !CPU_ASAN ? cpu_map_alloc(nbytes) : lm_cpu_scratch(nbytes);
 }
 
 /* Zeroed memory: a mapping of its own is zero-filled when first touched; in a heap block of
@@ -99,7 +112,7 @@ static void *cpu_alloc(lm_backend *be, size_t nbytes)
  * cost no page faults. */
 static void *cpu_alloc_zero(lm_backend *be, size_t nbytes)
 {
-    if (nbytes >= CPU_HUGE)
+    if (nbytes >= CPU_HUGE && !CPU_ASAN)
         return cpu_alloc(be, nbytes);
     unsigned char *p = lm_cpu_scratch(nbytes);
     if (!p)
@@ -160,8 +173,14 @@ void *lm_cpu_scratch(size_t nbytes)
         lm_error_set("cpu: cannot allocate %zu bytes", nbytes);
         return NULL;
     }
+    void *p = NULL;
+#if CPU_ASAN
+    if (posix_memalign(&p, 64, nbytes ? nbytes : 1) != 0)
+        p = NULL;
+#else
     size_t sz = (nbytes + 63) / 64 * 64;
-    void *p = aligned_alloc(64, sz ? sz : 64);
+    p = aligned_alloc(64, sz ? sz : 64);
+#endif
     if (!p)
         lm_error_set("cpu: cannot allocate %zu bytes", nbytes);
     return p;
