@@ -1,6 +1,7 @@
 /* bench_kernels.c — throughput of the CPU backend at the model's shapes, each beside OpenBLAS's
  * own sgemm peak measured in the same run (multi-threaded, all cores, a large square GEMM):
- *   GEMM: LLaMA-3 layer shapes, M = 180 and 1716 tokens, K = 4096, N in {1024, 4096, 14336};
+ *   GEMM: LLaMA-3 layer shapes, M = 180 and 1716 tokens, K = 4096, N in {1024, 4096, 14336},
+ *   and the MLP's down projection (K = 14336, N = 4096);
  *   conv3d forward: the abdomen encoder and decoder convolutions (input 96×80×96);
  *   warp: single-channel trilinear warp, voxels/s, with a white-noise flow (random access, the
  *   worst case) and a smooth one (what registration produces); then at 192x160x192 the same in
@@ -287,19 +288,23 @@ static void bench_gemm(lm_backend *be)
 {
     section("GEMM y = x·Wᵀ");
     const peer pk = peak_peer();
-    const int Ms[2] = {180, 1716}, Ns[3] = {1024, 4096, 14336}, K = 4096;
-    float *x = rnd((int64_t)1716 * K, 4), *w = rnd((int64_t)14336 * K, 5);
+    /* the issue's shapes, K = 4096 with N = 1024 (k, v), 4096 (q, o) and 14336 (gate, up),
+     * then the MLP's down projection, K = 14336 and N = 4096 (one weight buffer serves all) */
+    const int Ms[2] = {180, 1716}, Ns[4] = {1024, 4096, 14336, 4096},
+              Ks[4] = {4096, 4096, 4096, 14336};
+    float *x = rnd((int64_t)1716 * 14336, 4), *w = rnd((int64_t)14336 * 4096, 5);
     float *y = rnd((int64_t)1716 * 14336, 6);
-    uint16_t *wb = lm_backend_alloc(be, (size_t)14336 * K * 2);
+    uint16_t *wb = lm_backend_alloc(be, (size_t)14336 * 4096 * 2);
     if (!wb)
         check(lm_error_set("out of memory"), "gemm");
-    check(be->cast(be, wb, LM_BF16, w, LM_F32, (int64_t)14336 * K), "cast");
+    check(be->cast(be, wb, LM_BF16, w, LM_F32, (int64_t)14336 * 4096), "cast");
     double tot[3] = {0, 0, 0};
     for (int bf = 0; bf < 2; bf++)
         for (int mi = 0; mi < 2; mi++)
-            for (int ni = 0; ni < 3; ni++) {
+            for (int ni = 0; ni < 4; ni++) {
                 if (bf && quick && (mi || ni != 1))
                     continue;
+                const int K = Ks[ni];
                 lm_gemm_args a = {Ms[mi], Ns[ni], K, bf ? LM_BF16 : LM_F32, 0};
                 op_ctx c = {
                     .be = be, .y = y, .x = x, .w = bf ? (const void *)wb : (const void *)w, .g = a};
