@@ -30,12 +30,30 @@ static char *slurp(const char *path)
 }
 
 /* blanks out the C comments of s in place, so that a KT_COVER mark in a comment does not
- * count, and the contents of string and character literals (with their escapes), so that a
- * comment opener or a brace inside one counts for nothing */
+ * count; the contents of string and character literals (with their escapes), so that a
+ * comment opener or a brace inside one counts for nothing; and preprocessor directives (with
+ * their continuation lines), whose braces and calls belong to no function. (A mark inside
+ * #if 0 still counts.) */
 static void strip_comments(char *s)
 {
     char *p = s;
+    int line_start = 1; /* only blanks since the last newline */
     while (*p) {
+        if (line_start && *p == '#') { /* a directive, with its continuation lines */
+            int cont = 0;
+            for (; *p && (*p != '\n' || cont); p++)
+                if (*p == '\n') {
+                    cont = 0;
+                } else {
+                    cont = *p == '\\';
+                    *p = ' ';
+                }
+            continue;
+        }
+        if (*p == '\n')
+            line_start = 1;
+        else if (*p != ' ' && *p != '\t')
+            line_start = 0;
         if (p[0] == '/' && p[1] == '*') {
             char *e = strstr(p + 2, "*/");
             char *stop = e ? e + 2 : p + strlen(p);
@@ -59,8 +77,9 @@ static void strip_comments(char *s)
     }
 }
 
-/* The test files tests/kernels/test_*.c but this one, comments and literals blanked,
- * concatenated; NULL (the case failed) if none can be read. */
+/* The test files tests/kernels/test_*.c but this one, comments, literals and directives
+ * blanked, concatenated, each followed by a form feed; NULL (the case failed) if none can be
+ * read. */
 static char *test_sources(void)
 {
     char dir[1024];
@@ -92,7 +111,7 @@ static char *test_sources(void)
         }
         memcpy(all + len, s, sl);
         len += sl;
-        all[len++] = '\n'; /* a file that ends mid-unit cannot join the next one's */
+        all[len++] = '\f'; /* between files: ends a unit; calls resolve within a file */
         all[len] = 0;
         free(s);
         nfiles++;
@@ -129,11 +148,12 @@ static void t_every_op_has_a_test(void)
 /* The check that ops.def's grad column promises is made where the op is marked. The tests are
  * cut into top-level units (a function with its signature: from the end of the unit before to
  * its closing brace). For an FD op, some unit holds KT_COVER(op) and either calls kt_gradcheck
- * or calls a function whose unit does (t_relu -> fd_one); for a LINEAR op the same with
- * kt_adj_check. */
+ * or calls a function of the same file whose unit does (t_relu -> fd_one); for a LINEAR op the
+ * same with kt_adj_check. */
 typedef struct {
     const char *text; /* the unit, NUL-terminated in place */
     char name[64];    /* the function's name, or "" */
+    int file;         /* which test file (static helpers of the same name differ by file) */
     int gc, adj;
 } unit;
 
@@ -157,13 +177,19 @@ static void t_grad_class_checked(void)
         return;
     size_t cap = 64, nu = 0;
     unit *u = malloc(cap * sizeof *u);
-    int depth = 0;
+    int depth = 0, file = 0;
     char *start = all;
     for (char *p = all; *p; p++) {
         if (*p == '{')
             depth++;
         else if (*p == '}')
             depth--;
+        if (*p == '\f') { /* the end of a file ends its last unit, whatever the depth */
+            LM_CHECK(depth == 0, "unbalanced braces in test file %d (depth %d)", file, depth);
+            depth = 0, file++;
+            start = p + 1;
+            continue;
+        }
         if (depth == 0 && (*p == '}' || *p == ';')) {
             const int body = *p == '}';
             if (nu == cap)
@@ -171,6 +197,7 @@ static void t_grad_class_checked(void)
             unit *v = &u[nu++];
             v->text = start;
             v->name[0] = 0;
+            v->file = file;
             /* the name: the identifier just before the first '(' of the header */
             const char *br = body ? strchr(start, '{') : NULL, *par = strchr(start, '(');
             if (br && par && par < br) {
@@ -191,7 +218,6 @@ static void t_grad_class_checked(void)
             start = p + 1;
         }
     }
-    LM_CHECK(depth == 0, "unbalanced braces in the test sources (depth %d at the end)", depth);
     for (int i = 0; i < LM_OP_COUNT; i++) {
         const int fd = strcmp(lm_op_table[i].grad, "FD") == 0;
         if (!fd && strcmp(lm_op_table[i].grad, "LINEAR") != 0)
@@ -204,7 +230,8 @@ static void t_grad_class_checked(void)
                 continue;
             ok = fd ? u[a].gc : u[a].adj;
             for (size_t b = 0; b < nu && !ok; b++)
-                if (u[b].name[0] && (fd ? u[b].gc : u[b].adj) && unit_calls(&u[a], u[b].name))
+                if (u[b].file == u[a].file && u[b].name[0] && (fd ? u[b].gc : u[b].adj) &&
+                    unit_calls(&u[a], u[b].name))
                     ok = 1;
         }
         LM_CHECK(ok, "op %s (%s): no %s check in a case that marks it", lm_op_table[i].name,
@@ -421,7 +448,7 @@ static void t_rejects_missing_mean_term(void)
 
 static const lm_test_case cases[] = {
     {"every op in ops.def has a test", t_every_op_has_a_test},
-    {"every FD op checked by finite differences, every LINEAR op by adjoints", t_grad_class_checked},
+    {"every FD op checked by finite differences, LINEAR by adjoints", t_grad_class_checked},
     {"every op in ops.def is in man/lm-kernels.7", t_every_op_documented},
     {"cpu table complete and buffers", t_cpu_table_complete},
     {"checker rejects wrong leaky slope (expected failure)", t_rejects_wrong_slope},

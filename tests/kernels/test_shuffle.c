@@ -68,6 +68,8 @@ static void t_adjoints(void)
     float *Sv = kt_rand(n, -1, 1, 3), *Sv0 = kt_copy(Sv, n);
     lm_shuffle_args a = {C, d, h, w, f, 0}, acc = {C, d, h, w, f, 1};
     KT_CALL(voxel_shuffle, St, t, &a);
+    for (int64_t i = 0; i < n; i++) /* v = S t + noise: the wrong product misses by ~|St|² */
+        v[i] += St[i];
     KT_CALL(voxel_unshuffle, Sv, v, &acc);
     for (int64_t i = 0; i < n; i++)
         Sv[i] -= Sv0[i];
