@@ -296,11 +296,9 @@ static void e_run(void *p)
 {
     ectx *c = p;
     const int64_t n = c->n;
-    /* y starts as NaN (y0 for axpy): an element left unwritten shows */
+    /* y starts as NaN (kt_same_bits), y0 for axpy: an element left unwritten shows */
     if (c->op == E_AXPY)
         memcpy(c->y, c->y0, (size_t)n * sizeof *c->y);
-    else
-        memset(c->y, 0xff, (size_t)n * sizeof *c->y);
     switch (c->op) {
     case E_ADD: KT_CALL(add, c->y, c->a, c->b, n); break;
     case E_MUL: KT_CALL(mul, c->y, c->a, c->b, n); break;

@@ -232,7 +232,8 @@ typedef struct {
 static void tr_run(void *p)
 {
     trctx *c = p;
-    memcpy(c->y, c->y0, (size_t)(c->R * c->C) * sizeof *c->y); /* NaN or y0 for `+=` */
+    if (c->acc) /* y0 for `+=`; for `=`, the NaN of kt_same_bits */
+        memcpy(c->y, c->y0, (size_t)(c->R * c->C) * sizeof *c->y);
     KT_CALL(transpose, c->y, c->x, c->R, c->C, c->acc);
 }
 
@@ -240,18 +241,16 @@ static void t_transpose_threads(void)
 {
     KT_COVER(transpose);
     /* 181x193: odd extents, 7 column blocks (the last 1 wide) shared by 1, 2, 3 threads; y starts
-     * as NaN for `=`, so an element left unwritten shows */
+     * as NaN for `=` (kt_same_bits), so an element left unwritten shows */
     const int64_t R = 181, C = 193;
-    float *nan = kt_alloc(R * C);
-    memset(nan, 0xff, (size_t)(R * C) * sizeof *nan);
-    trctx c = {kt_rand(R * C, -1, 1, 1), kt_alloc(R * C), nan, R, C, 0};
+    trctx c = {kt_rand(R * C, -1, 1, 1), kt_alloc(R * C), NULL, R, C, 0};
     KT_PARALLEL(c.R * c.C);
     kt_same_bits("transpose", tr_run, &c, c.y, (size_t)(R * C) * sizeof *c.y);
     LM_CHECK(c.y[1 * R + 2] == c.x[2 * C + 1] && !isnan(c.y[R * C - 1]), "transpose values");
     c.y0 = kt_rand(R * C, -1, 1, 2);
     c.acc = 1;
     kt_same_bits("transpose +=", tr_run, &c, c.y, (size_t)(R * C) * sizeof *c.y);
-    kt_free(c.x), kt_free(c.y), kt_free(c.y0), kt_free(nan);
+    kt_free(c.x), kt_free(c.y), kt_free(c.y0);
 }
 
 typedef struct {
@@ -263,8 +262,7 @@ typedef struct {
 static void cs_run(void *p)
 {
     csctx *c = p;
-    memset(c->y, 0xff, (size_t)(6 * c->N) * sizeof *c->y);
-    KT_CALL(concat, c->y, c->xs, c->ch, 3, c->N);
+    KT_CALL(concat, c->y, c->xs, c->ch, 3, c->N); /* y: the NaN of kt_same_bits before */
     memcpy(c->dx, c->dx0, (size_t)(4 * c->N) * sizeof *c->dx);
     KT_CALL(split, c->dxs, c->dy, c->ch, 3, c->N);
 }
